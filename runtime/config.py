@@ -104,6 +104,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = f(0.5, "vLLM share of GPU memory")
     enable_sleep: bool = f(True, "vLLM sleep/wake to share GPUs in colocated placement")
     quantization: Optional[str] = f(None, "vLLM quantization (e.g. fp8)")
+    weight_sync: Literal["ipc", "disk"] = f("ipc", "vLLM weight updates: ipc (CUDA IPC handles through vLLM's "
+                                                   "weight-transfer API) or disk (safetensors + reload_weights)")
+    vllm_enforce_eager: bool = f(False, "vLLM without CUDA graphs / torch.compile (faster start, slower decode)")
+    batch_wait_ms: float = f(5.0, "a RolloutWorker collects concurrent requests this long (or until "
+                                  "max_concurrent_sequences) before one engine call")
 
 
 @dataclass
@@ -372,6 +377,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"learner.zero_stage: must be one of 0, 1, 2, 3, got {cfg.learner.zero_stage}")
     if not 0.0 < cfg.rollout.temperature:
         raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
+    if cfg.rollout.batch_wait_ms < 0:
+        raise ConfigError(f"rollout.batch_wait_ms: must be >= 0, got {cfg.rollout.batch_wait_ms}")
+    if cfg.rollout.max_concurrent_sequences < 1:
+        raise ConfigError(f"rollout.max_concurrent_sequences: must be >= 1, got {cfg.rollout.max_concurrent_sequences}")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.engine == "vllm" and cfg.rollout.gpus_per_worker <= 0:

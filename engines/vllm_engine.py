@@ -1,0 +1,164 @@
+"""`vllm` engine: vLLM's offline `LLM` inside the RolloutWorker process (GPU only; vllm is imported lazily).
+
+- Prompts go in as token ids and come out as token ids (skip_tokenizer_init=True): vLLM never tokenizes; the text is
+  decoded here with the model's transformers tokenizer. EOS ids are passed as stop_token_ids (without a tokenizer
+  vLLM does not know them).
+- Log-probs: SamplingParams(logprobs=0) returns the sampled token's log-prob; logprobs_mode="processed_logprobs" makes
+  it the log-prob after temperature (and top-p), the same distribution the hf engine reports (engines/base.py).
+- Weight updates, in place, then reset_prefix_cache() (the cached KV of earlier prompts was computed with the old
+  weights). rollout.weight_sync:
+    "ipc"  (default, colocated): the CPU state dict is copied to this GPU and handed to vLLM's engine process through
+           CUDA IPC handles with the weight-transfer API (start_weight_update / update_weights / finish_weight_update).
+    "disk": the state dict is written as safetensors to a temporary directory (in /dev/shm when it exists) and vLLM
+           reloads it with collective_rpc("reload_weights", weights_path=...). Slower; works whatever the transport.
+  Not implemented: the NCCL weight-transfer backend for disaggregated placement (the learner on other GPUs would have
+  to join a process group with the engine); disaggregated runs use "ipc" after the state dict has travelled through
+  the object store, which costs one host copy.
+- sleep(level=1) offloads weights to CPU memory and drops the KV cache; level=2 drops the weights too (a
+  load_weights must follow wake_up).
+- Models: a Hugging Face directory or hub name is given to vLLM as is; tiny random models and GGUF files are first
+  written as a transformers checkpoint to a temporary directory (vLLM reads neither directly here).
+Limits: static batching (one LLM.generate call per RolloutWorker batch: a request arriving mid-call waits for the
+next call); one engine per process.
+
+GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py`.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import shutil
+import tempfile
+from typing import Optional
+
+import torch
+
+from engines.base import Engine, Generation, SamplingParams
+from engines.models import load_model, load_tokenizer, resolve_source
+
+
+def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
+    """(directory vLLM can load, temporary directory to delete later or None)."""
+    source, gguf = resolve_source(model_cfg.name_or_path, model_cfg.gguf_file)
+    if not model_cfg.tiny_random and not gguf:
+        return source, None
+    tmp = tempfile.mkdtemp(prefix="sandbox-rl-vllm-model-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    model = load_model(model_cfg, seed=seed, device="cpu")
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(tmp, safe_serialization=True)
+    load_tokenizer(model_cfg).save_pretrained(tmp)
+    del model
+    return tmp, tmp
+
+
+class VLLMEngine(Engine):
+    def __init__(self, model_cfg, rollout_cfg, seed: int = 0):
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout.engine=vllm needs a CUDA GPU in the RolloutWorker (set rollout.gpus_per_worker "
+                               ">= 1), or use rollout.engine=hf")
+        # update_weights carries pickled CUDA IPC handles; vLLM refuses pickle in its RPC unless this is set.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        from vllm import LLM
+        self.weight_sync = rollout_cfg.weight_sync
+        self.tokenizer = load_tokenizer(model_cfg)
+        path, self._tmp_model_dir = materialize_checkpoint(model_cfg, seed)
+        kw = dict(model=path, skip_tokenizer_init=True, tensor_parallel_size=rollout_cfg.tensor_parallel_size,
+                  gpu_memory_utilization=rollout_cfg.gpu_memory_utilization, enable_sleep_mode=rollout_cfg.enable_sleep,
+                  max_model_len=rollout_cfg.max_context_tokens + rollout_cfg.max_new_tokens, seed=seed,
+                  dtype=model_cfg.dtype, logprobs_mode="processed_logprobs",
+                  enforce_eager=rollout_cfg.vllm_enforce_eager, trust_remote_code=model_cfg.trust_remote_code,
+                  distributed_executor_backend="mp")
+        if rollout_cfg.quantization:
+            kw["quantization"] = rollout_cfg.quantization
+        if self.weight_sync == "ipc":
+            kw["weight_transfer_config"] = {"backend": "ipc"}
+        self.llm = LLM(**kw)
+        if self.weight_sync == "ipc":
+            self.llm.init_weight_transfer_engine({"init_info": {}})
+        hf_cfg = self.llm.llm_engine.model_config.hf_config
+        self._tied = bool(getattr(hf_cfg, "tie_word_embeddings", False))
+        self._dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
+        eos = self.tokenizer.eos_token_id
+        gen_eos = getattr(hf_cfg, "eos_token_id", None)
+        ids = set([eos] if eos is not None else []) | set(gen_eos if isinstance(gen_eos, list) else
+                                                           [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = sorted(ids)
+        self.weight_version = 0
+
+    def __repr__(self) -> str:
+        return f"VLLMEngine(weight_sync={self.weight_sync}, weight_version={self.weight_version})"
+
+    def _vllm_params(self, p: SamplingParams):
+        from vllm import SamplingParams as VSP
+        p.validate()
+        return VSP(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens, seed=p.seed, logprobs=0,
+                   detokenize=False, stop_token_ids=self.eos_ids)
+
+    def generate_each(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
+        if len(prompts) != len(params):
+            raise ValueError(f"generate_each: {len(prompts)} prompts but {len(params)} SamplingParams")
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
+                                 [self._vllm_params(p) for p in params], use_tqdm=False)
+        gens = []
+        for prompt, o in zip(prompts, outs):
+            c = o.outputs[0]
+            toks = list(c.token_ids)
+            lps = [c.logprobs[i][t].logprob for i, t in enumerate(toks)] if c.logprobs else []
+            reason = "stop" if c.finish_reason == "stop" else "length"
+            gens.append(Generation(prompt_ids=list(prompt), token_ids=toks, logprobs=lps,
+                                   text=self.tokenizer.decode(toks, skip_special_tokens=True), finish_reason=reason))
+        return gens
+
+    def _named_tensors(self, state: dict[str, torch.Tensor], device: str):
+        for name, t in state.items():
+            if self._tied and name == "lm_head.weight":
+                continue          # vLLM ties lm_head to the embedding; sending it would be skipped anyway
+            yield name, t.to(device=device, dtype=self._dtype).contiguous()
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        if self.weight_sync == "ipc":
+            self._load_ipc(state)
+        else:
+            self._load_disk(state)
+        self.llm.reset_prefix_cache()
+
+    def _load_ipc(self, state: dict[str, torch.Tensor]) -> None:
+        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
+        llm = self.llm
+
+        def send(info) -> None:
+            fields = {"names": info.names, "dtype_names": info.dtype_names, "shapes": info.shapes,
+                      "packed": info.packed,
+                      "ipc_handles_pickled": base64.b64encode(pickle.dumps(info.ipc_handles)).decode()}
+            if info.tensor_sizes is not None:
+                fields["tensor_sizes"] = info.tensor_sizes
+            llm.update_weights({"update_info": fields})
+
+        llm.start_weight_update()
+        gpu = list(self._named_tensors(state, "cuda"))     # alive until vLLM has copied them (finish_weight_update)
+        IPCWeightTransferEngine.trainer_send_weights(iter(gpu), {"send_mode": send, "packed": True})
+        llm.finish_weight_update()
+        del gpu
+        torch.cuda.empty_cache()
+
+    def _load_disk(self, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+        tmp = tempfile.mkdtemp(prefix="sandbox-rl-weights-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        try:
+            save_file(dict(self._named_tensors(state, "cpu")), os.path.join(tmp, "model.safetensors"),
+                      metadata={"format": "pt"})
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def sleep(self, level: int = 1) -> None:
+        self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
+    def close(self) -> None:
+        del self.llm
+        if self._tmp_model_dir:
+            shutil.rmtree(self._tmp_model_dir, ignore_errors=True)
