@@ -1,0 +1,335 @@
+"""Multi-turn GRPO for kernels (KEVIN.md): the controller loop. Runs inside the Ray Tune trainable (runtime/trainer.py).
+
+One step (DESIGN.md "The kernel pipeline, one step"), as `KernelGRPO.train_step` reads top to bottom:
+  draw B tasks (task cursor + seeded RNG) -> start G trajectories per task -> each trajectory generates a turn on its
+  rollout worker and the TurnSample ref goes straight to the evaluator pool -> as soon as ITS evaluation returns, the
+  trajectory starts its next turn (history refs + feedback strings; no barrier across trajectories) -> the reward
+  aggregator scores every turn, computes turn returns and group advantages (group = the G x T samples of one task) ->
+  the learner group trains on the sample refs -> new weights go to every rollout worker (weight version + 1) ->
+  metrics, trajectories, plots, progress line.
+
+The controller holds ObjectRefs and small metadata only (EvalResults, scores, advantages); it never ray.gets a
+TurnSample (tests/test_pipeline_e2e.py checks its memory does not grow with response length).
+
+Evaluation stall fraction (metric `eval_stall_fraction`): for each rollout worker, the wall time during the rollout
+phase in which it had no generation request of this step in flight while at least one of its trajectories was waiting
+for an evaluation; averaged over workers and divided by the step's wall time. Event times come from the controller's
+ray.wait loop (resolution: `poll_s` and the wait latency), so it is an estimate from the controller's side. 0 means
+evaluation never held generation up; Kevin's system spent ~55% of its time so.
+
+`run_trajectories` is the reusable trajectory loop (evaluate/search reuse it).
+
+    python -m pytest tests/test_pipeline_e2e.py -q
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import ray
+
+
+# ------------------------------------------------------------------------------------------------------ task sampling
+class TaskSampler:
+    """Draws tasks without replacement within an epoch (a seeded permutation), wrapping into a new permutation.
+    Its whole state (RNG, epoch, order, cursor) goes into the checkpoint, so a resumed run draws the same tasks."""
+
+    def __init__(self, num_tasks: int, seed: int):
+        if num_tasks <= 0:
+            raise ValueError("no tasks to draw from (check tasks.* in the config)")
+        self.num_tasks = num_tasks
+        self.rng = random.Random(seed)
+        self.epoch = 0
+        self.cursor = 0
+        self.order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(self.num_tasks))
+        self.rng.shuffle(order)
+        return order
+
+    def draw(self, count: int) -> list[int]:
+        out = []
+        for _ in range(count):
+            if self.cursor >= self.num_tasks:
+                self.epoch, self.cursor, self.order = self.epoch + 1, 0, self._permutation()
+            out.append(self.order[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"num_tasks": self.num_tasks, "rng": self.rng.getstate(), "epoch": self.epoch,
+                "cursor": self.cursor, "order": list(self.order)}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["num_tasks"] != self.num_tasks:
+            raise ValueError(f"checkpoint was made with {s['num_tasks']} tasks, the config now gives "
+                             f"{self.num_tasks}: resume with the same tasks.* settings")
+        self.rng.setstate(_as_rng_state(s["rng"]))
+        self.epoch, self.cursor, self.order = s["epoch"], s["cursor"], list(s["order"])
+
+
+def _as_rng_state(s: Any) -> tuple:
+    return (s[0], tuple(s[1]), s[2]) if isinstance(s, (list, tuple)) else s
+
+
+def sampling_seed(run_seed: int, step: int, trajectory_id: int, turn: int) -> int:
+    """A distinct, reproducible seed per generated turn (resuming regenerates the same samples where engines are
+    deterministic)."""
+    return (run_seed * 1_000_003 + step * 10_007 + trajectory_id * 101 + turn) % (2 ** 31 - 1)
+
+
+# -------------------------------------------------------------------------------------------------- trajectory loop
+@dataclass
+class Trajectory:
+    task_index: int                 # position of the task in this step's batch
+    task: Any                       # kernel_eval.tasks.Task
+    trajectory_id: int
+    worker: int
+    refs: list = field(default_factory=list)        # ObjectRef[TurnSample] per finished turn
+    results: list = field(default_factory=list)     # EvalResult per finished turn
+    error: Optional[str] = None     # why it ended early (a rollout worker or evaluator failure)
+
+
+@dataclass
+class RolloutStats:
+    wall_s: float = 0.0
+    generate_s: float = 0.0         # wall time with >= 1 generation in flight
+    evaluate_s: float = 0.0         # wall time with >= 1 generated kernel waiting for its evaluation
+    stall_s: float = 0.0            # mean over workers of their idle-waiting-for-evaluation time (see module doc)
+    turns: int = 0
+    failed_turns: int = 0
+
+
+def run_trajectories(tasks: list, trajectories_per_task: int, max_turns: int, workers: list, pool,
+                     make_request: Callable[[Trajectory, int, list], Any], timeout_s: float = 900.0,
+                     poll_s: float = 0.5, stop: Optional[Callable[[], bool]] = None,
+                     progress: bool = True) -> tuple[list[Trajectory], RolloutStats]:
+    """Run G trajectories of up to T turns for every task, each advancing as soon as its own evaluation returns.
+
+    make_request(traj, turn, feedback) -> TurnRequest (it carries traj.refs as history_refs).
+    Returns the trajectories (refs + EvalResults) and timing stats. A failed generation or evaluation ends that
+    trajectory (recorded in Trajectory.error); `timeout_s` without any progress raises TimeoutError naming what is
+    pending; `stop()` returning True abandons the loop (returns None, stats).
+    """
+    from tqdm import tqdm
+    trajs = [Trajectory(i, task, i * trajectories_per_task + g, (i * trajectories_per_task + g) % len(workers))
+             for i, task in enumerate(tasks) for g in range(trajectories_per_task)]
+    pending: dict = {}              # ref -> ("gen" | "eval", trajectory)
+    gen_in_flight = [0] * len(workers)
+    eval_waiting = [0] * len(workers)
+    stats = RolloutStats()
+    idle = [0.0] * len(workers)
+
+    def launch(traj: Trajectory, turn: int) -> None:
+        req = make_request(traj, turn, [r.feedback for r in traj.results])
+        gen_ref = workers[traj.worker].generate_turn.remote(req)
+        eval_ref = pool.evaluate.remote(traj.task, gen_ref)      # Ray resolves the TurnSample inside the pool
+        pending[gen_ref] = ("gen", traj)
+        pending[eval_ref] = ("eval", traj, gen_ref)
+        gen_in_flight[traj.worker] += 1
+
+    for t in trajs:
+        launch(t, 0)
+    bar = tqdm(total=len(trajs) * max_turns, desc="turns", unit="turn", disable=not progress, leave=False)
+    start = last = last_progress = time.time()
+    while pending:
+        if stop is not None and stop():
+            bar.close()
+            return None, stats  # type: ignore[return-value]
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s, fetch_local=False)
+        now = time.time()
+        dt, last = now - last, now
+        stats.generate_s += dt if sum(gen_in_flight) else 0.0
+        stats.evaluate_s += dt if sum(eval_waiting) else 0.0
+        for w in range(len(workers)):
+            if gen_in_flight[w] == 0 and eval_waiting[w] > 0:
+                idle[w] += dt
+        if not ready:
+            if now - last_progress > timeout_s:
+                raise TimeoutError(f"no generation or evaluation finished in {timeout_s:.0f}s; "
+                                   f"{len(pending)} requests pending (generations in flight per worker: "
+                                   f"{gen_in_flight}; evaluations waiting: {sum(eval_waiting)})")
+            continue
+        last_progress = now
+        for ref in ready:
+            kind, traj, *rest = pending.pop(ref)
+            if kind == "gen":       # generation finished: its kernel now waits for evaluation (payload not fetched)
+                gen_in_flight[traj.worker] -= 1
+                eval_waiting[traj.worker] += 1
+                continue
+            gen_ref = rest[0]
+            if gen_ref in pending:  # evaluation returned before we saw the generation (same wait batch)
+                pending.pop(gen_ref)
+                gen_in_flight[traj.worker] -= 1
+            else:
+                eval_waiting[traj.worker] -= 1
+            stats.turns += 1
+            bar.update(1)
+            try:
+                result = ray.get(ref, timeout=timeout_s)      # a small EvalResult, never the TurnSample
+            except Exception as e:  # noqa: BLE001 - a dead rollout worker surfaces here (the pool's argument failed)
+                traj.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                stats.failed_turns += 1
+                bar.update(max_turns - len(traj.results) - 1)
+                continue
+            traj.refs.append(gen_ref)
+            traj.results.append(result)
+            if len(traj.results) < max_turns:
+                launch(traj, len(traj.results))
+            else:
+                pass
+    bar.close()
+    stats.wall_s = time.time() - start
+    stats.stall_s = float(np.mean(idle)) if idle else 0.0
+    return trajs, stats
+
+
+# ------------------------------------------------------------------------------------------------------ the controller
+class KernelGRPO:
+    """Controller state (step, weight version, task sampler) and one training step. The actors are created by
+    `runtime.trainer` (see `build_actors`) and handed in, so tests can run the same step with other workers."""
+
+    def __init__(self, cfg, tasks: list, workers: list, pool, learner, aggregator, run_dir, log: Callable = print,
+                 stop: Optional[Callable[[], bool]] = None, progress: bool = True):
+        self.cfg, self.tasks, self.workers, self.pool = cfg, tasks, workers, pool
+        self.learner, self.aggregator, self.run_dir = learner, aggregator, run_dir
+        self.log, self.stop, self.progress = log, stop, progress
+        self.step = 0
+        self.weight_version = 0
+        self.sampler = TaskSampler(len(tasks), cfg.run.seed)
+
+    # -- state (runtime/checkpoint.py stores it with the learner's weights and optimizer)
+    def state_dict(self) -> dict:
+        return {"step": self.step, "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
+                "buffered_samples": []}     # nothing is buffered across steps: a step trains on its own samples
+
+    def load_state_dict(self, s: dict) -> None:
+        self.step, self.weight_version = int(s["step"]), int(s["weight_version"])
+        self.sampler.load_state_dict(s["sampler"])
+
+    def make_request(self, step: int) -> Callable:
+        from actors.rollout import TurnRequest
+        from engines.base import SamplingParams
+        ro, seed, backend = self.cfg.rollout, self.cfg.run.seed, self.cfg.evaluator.backend
+
+        def make(traj: Trajectory, turn: int, feedback: list) -> Any:
+            params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens,
+                                    seed=sampling_seed(seed, step, traj.trajectory_id, turn))
+            return TurnRequest(task_name=traj.task.name, task_source=traj.task.source, backend=backend,
+                               trajectory_id=traj.trajectory_id, turn=turn, history_refs=list(traj.refs),
+                               feedback=list(feedback), params=params)
+        return make
+
+    def train_step(self) -> Optional[dict]:
+        """One GRPO step. Returns the step's metrics, or None when a stop request abandoned it (state unchanged)."""
+        cfg, a, timeout = self.cfg, self.cfg.algo, self.cfg.ray.get_timeout_s
+        t_step = time.time()
+        # 1. draw the step's tasks (the sampler state is restored if the step is abandoned)
+        sampler_before = self.sampler.state_dict()
+        task_ids = self.sampler.draw(a.tasks_per_step)
+        tasks = [self.tasks[i] for i in task_ids]
+        # 2. wake the engines (colocated: they slept while the learner trained)
+        self._call_workers("wake_up", timeout) if self._sleeps() else None
+        # 3. generate and evaluate: every trajectory advances on its own evaluation
+        trajs, rs = run_trajectories(tasks, a.trajectories_per_task, a.max_turns, self.workers, self.pool,
+                                     self.make_request(self.step), timeout_s=timeout, stop=self.stop,
+                                     progress=self.progress)
+        if trajs is None:
+            self.sampler.load_state_dict(sampler_before)
+            return None
+        # 4. engines sleep while the learner trains (colocated placement, engines that support it)
+        self._call_workers("sleep", timeout) if self._sleeps() else None
+        # 5. scores, turn returns, group advantages, rollout metrics, trajectories.jsonl (in the aggregator)
+        t0 = time.time()
+        groups, sample_refs = _groups(tasks, trajs, a.trajectories_per_task)
+        scored = ray.get(self.aggregator.score_step.remote(self.step, groups), timeout=timeout)
+        t_score = time.time() - t0
+        # 6. learner update on the sample refs (the learner resolves them; the controller never does)
+        t0 = time.time()
+        train_metrics = _mean_dicts(ray.get(self.learner.async_train(sample_refs, scored["advantages"]),
+                                            timeout=timeout)) if sample_refs else {}
+        t_train = time.time() - t0
+        # 7. weight sync: one export, every worker loads it under the next version
+        t0 = time.time()
+        self.weight_version += 1
+        weights_ref = self.learner.async_weights()
+        ray.get([w.update_weights.remote(weights_ref, self.weight_version) for w in self.workers], timeout=timeout)
+        del weights_ref
+        t_sync = time.time() - t0
+        # 8. metrics
+        m = dict(scored["metrics"])
+        versions = sorted({s["weight_version"] for s in scored["sample_meta"]})
+        m.update({"step": self.step, "tasks": [t.name for t in tasks], "weight_version": self.weight_version,
+                  "sampled_weight_versions": versions, **{k: v for k, v in train_metrics.items()},
+                  "time_generate_s": rs.generate_s, "time_evaluate_s": rs.evaluate_s, "time_rollout_s": rs.wall_s,
+                  "time_score_s": t_score, "time_train_s": t_train, "time_sync_s": t_sync, "weight_sync_s": t_sync,
+                  "failed_turns": rs.failed_turns,
+                  "tokens_per_s": m.get("response_tokens_total", 0) / max(rs.wall_s, 1e-9)})
+        m["step_s"] = time.time() - t_step
+        m["eval_stall_fraction"] = rs.stall_s / max(m["step_s"], 1e-9)
+        self.step += 1
+        return m
+
+    def _sleeps(self) -> bool:
+        return self.cfg.placement.mode == "colocated" and self.cfg.rollout.enable_sleep \
+            and self.cfg.rollout.engine == "vllm"
+
+    def _call_workers(self, method: str, timeout: float) -> None:
+        ray.get([getattr(w, method).remote() for w in self.workers], timeout=timeout)
+
+
+def _groups(tasks: list, trajs: list[Trajectory], g: int) -> tuple[list[dict], list]:
+    """Aggregator input (one group per task, refs nested so the aggregator resolves them) and the flat sample refs in
+    the same (task, trajectory, turn) order as the aggregator's advantages."""
+    groups, refs = [], []
+    for i, task in enumerate(tasks):
+        mine = trajs[i * g:(i + 1) * g]
+        groups.append({"task": task.name, "trajectories": [
+            [{"result": r, "ref": ref, "trajectory_id": t.trajectory_id} for ref, r in zip(t.refs, t.results)]
+            for t in mine]})
+        refs.extend(ref for t in mine for ref in t.refs)
+    return groups, refs
+
+
+def _mean_dicts(ds: list[dict]) -> dict:
+    keys = {k for d in ds for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(np.mean([d[k] for d in ds if k in d])) for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------------ the actors
+@dataclass
+class Actors:
+    tasks: list
+    workers: list
+    pool: Any
+    learner: Any
+    aggregator: Any
+
+
+def build_actors(cfg, run_dir) -> Actors:
+    """Start every actor of a kernel GRPO run (inside the Tune trial, so they land in its placement group).
+    Rollout workers and the learner are started in parallel; the first weight sync makes every engine hold the
+    learner's weights under version 0."""
+    from actors.evaluator import start_evaluator_pool
+    from actors.learner import LearnerGroup
+    from actors.reward import RewardAggregator
+    from actors.rollout import start_rollout_worker
+    from kernel_eval.tasks import load_tasks
+    tasks = load_tasks(cfg.tasks)
+    if not tasks:
+        raise ValueError(f"tasks: no tasks selected (source={cfg.tasks.source}, names={cfg.tasks.names}, "
+                         f"split={cfg.tasks.split})")
+    timeout = cfg.ray.get_timeout_s
+    workers = [start_rollout_worker(cfg.model, cfg.rollout, seed=cfg.run.seed + i, index=i, get_timeout_s=timeout)
+               for i in range(cfg.rollout.num_workers)]
+    learner = LearnerGroup(cfg)
+    pool = start_evaluator_pool(cfg.evaluator, name="evaluator-pool")
+    aggregator = RewardAggregator.options(name="reward-aggregator").remote(
+        cfg.algo, cfg.run.name, run_dir.trajectories if cfg.run.log_trajectories else None, timeout)
+    weights = learner.async_weights()
+    ray.get([w.update_weights.remote(weights, 0) for w in workers], timeout=timeout)
+    return Actors(tasks, workers, pool, learner, aggregator)

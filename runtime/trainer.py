@@ -1,0 +1,312 @@
+"""`launch.py train`: the run as a Ray Tune function trainable, with checkpoints, resume and graceful stop.
+
+    python launch.py train --config configs/demo_cpu.yaml [key=value ...]
+    python launch.py train --resume runs/<name>                 # continue from the last checkpoint
+    ray job submit --working-dir . -- python launch.py train --config configs/kevin_qwq32b.yaml
+
+- Ray: a new local Ray (ray.num_cpus / ray.num_gpus) unless ray.address is set or RAY_ADDRESS is in the environment
+  (`ray job submit`), then it connects to that cluster without resource arguments.
+- Tune: one trial, `tune.with_resources(trainable, PlacementGroupFactory(bundles))`. The first bundle is the trainable
+  (the controller); one more bundle per actor it starts (rollout workers, learner ranks, evaluator pool, compile
+  workers, runners). Tune creates the placement group with child-task capture, so the actors the controller starts land
+  in it and the trial waits until the whole group fits; `resource_bundles` prints what it asks for.
+- Checkpoints: every run.checkpoint_every_steps steps `tune.report(metrics, checkpoint=...)` with the full state
+  (runtime/checkpoint.py). RunConfig(failure_config=FailureConfig(max_failures=run.max_failures)) restarts a crashed
+  trial from its last checkpoint; `--resume RUN_DIR` is Tuner.restore(<run dir>/tune, resume_errored=True).
+- SIGINT/SIGTERM: the controller abandons the step in progress (its state is the one from before the step), writes a
+  final checkpoint, then Tune ends the experiment (SIGUSR1, Tune's graceful stop) so the trial stays resumable.
+  A second signal exits at once. Under `ray job submit` use RAY_JOB_STOP_SIGNAL=SIGINT and a longer
+  RAY_JOB_STOP_WAIT_TIME_S (docs/operations.md).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Optional
+
+import ray
+import yaml
+
+from runtime.rundir import RunDir, run_dir_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STOP_POLL_S = 1.0
+
+
+# ----------------------------------------------------------------------------------------------------- stop requests
+@ray.remote(num_cpus=0)
+class RunControl:
+    """Carries a stop request from the driver (signal handler) to the controller inside the trial."""
+
+    def __init__(self, name: str):
+        self.name, self.stop_requested, self.stopped_at = name, False, None
+
+    def __repr__(self) -> str:
+        return f"RunControl({self.name}, stop={self.stop_requested})"
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def mark_stopped(self, step: int) -> None:
+        self.stopped_at = step
+
+    def stopped(self) -> Optional[int]:
+        return self.stopped_at
+
+
+def control_name(run_name: str) -> str:
+    return f"run-control:{run_name}"
+
+
+class StopFlag:
+    """Callable for the controller: True once a stop was requested (polled at most every STOP_POLL_S)."""
+
+    def __init__(self, handle):
+        self.handle, self.last, self.value = handle, 0.0, False
+
+    def __call__(self) -> bool:
+        if self.handle is None or self.value:
+            return self.value
+        if time.time() - self.last >= STOP_POLL_S:
+            self.last = time.time()
+            try:
+                self.value = bool(ray.get(self.handle.should_stop.remote(), timeout=10))
+            except Exception:       # noqa: BLE001 - the driver is gone: keep going, Tune decides
+                self.handle = None
+        return self.value
+
+
+# ------------------------------------------------------------------------------------------------------- resources
+def resource_bundles(cfg) -> list[dict]:
+    """Placement-group bundles of one trial: the controller first, then every actor the run starts."""
+    def b(cpu: float, gpu: float = 0.0) -> dict:
+        out = {"CPU": float(cpu)}
+        if gpu > 0:
+            out["GPU"] = float(gpu)
+        return out
+    ro, le, ev = cfg.rollout, cfg.learner, cfg.evaluator
+    bundles = [b(1)]                                                      # controller (+ 0-CPU small actors)
+    bundles += [b(ro.cpus_per_worker, ro.gpus_per_worker) for _ in range(ro.num_workers)]
+    bundles += [b(le.cpus_per_rank, le.gpus_per_rank) for _ in range(le.num_ranks)]
+    bundles += [b(1) for _ in range(ev.num_compile_workers)]
+    bundles += [b(1, ev.gpus_per_runner) for _ in range(ev.num_runners)]
+    if cfg.placement.mode == "colocated" and any("GPU" in x for x in bundles):
+        bundles = _colocate(bundles)
+    return bundles
+
+
+def _colocate(bundles: list[dict]) -> list[dict]:
+    """Colocated: one bundle per GPU holding every role's share of that GPU (roles take turns: the engine sleeps
+    while kernels are timed and while the learner trains)."""
+    head, rest = bundles[0], bundles[1:]
+    gpus = max(1, int(round(max(sum(x.get("GPU", 0) for x in rest if x.get("GPU")) , 1))))
+    per_gpu_cpu = sum(x["CPU"] for x in rest) / gpus
+    return [head] + [{"CPU": per_gpu_cpu, "GPU": 1.0} for _ in range(gpus)]
+
+
+# --------------------------------------------------------------------------------------------------------- trainable
+def trainable(config: dict) -> None:
+    """The Tune function trainable: builds the actors, restores the checkpoint if any, runs the steps."""
+    from runtime.config import config_from_dict
+    from runtime.loop import run_training
+    cfg = config_from_dict(config["cfg"])
+    try:
+        ctrl = ray.get_actor(control_name(cfg.run.name))
+    except ValueError:
+        ctrl = None
+    run_training(cfg, RunDir(config["run_dir"]), StopFlag(ctrl), ctrl)
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+def main(cfg, args) -> int:
+    """Resolve, print and save the config; start or join Ray; run (or resume) the Tune experiment."""
+    from runtime.config import ConfigError, config_from_dict
+    resume = getattr(args, "resume", None)
+    if resume:
+        rd = RunDir(os.path.abspath(resume))
+        if not os.path.isdir(rd.experiment):
+            print(f"config error: --resume {resume}: no Tune experiment at {rd.experiment}", file=sys.stderr)
+            return 2
+        try:
+            with open(rd.config) as fh:
+                cfg = config_from_dict(yaml.safe_load(fh))
+        except (OSError, ConfigError) as e:
+            print(f"config error: --resume {resume}: {e}", file=sys.stderr)
+            return 2
+    else:
+        rd = run_dir_for(cfg)
+        if os.path.isdir(rd.experiment):
+            print(f"config error: run.name: {rd.root} already holds a run; resume it with --resume {rd.root} "
+                  f"or choose another run.name", file=sys.stderr)
+            return 2
+    rd.make()
+    text = cfg.to_yaml()
+    print(f"run directory: {rd.root}\n--- resolved config ---\n{text}-----------------------", flush=True)
+    if not resume:
+        with open(rd.config, "w") as fh:
+            fh.write(text)
+    _init_ray(cfg)
+    try:
+        return _fit(cfg, rd, resume=bool(resume))
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(cfg) -> None:
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")      # our handler checkpoints first, then stops Tune
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    env = {"env_vars": {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:      # a cluster (ray job submit): its resources are what they are
+        ray.init(address=address, runtime_env=None if os.environ.get("RAY_JOB_ID") else env)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=cfg.ray.dashboard,
+                 runtime_env=env)
+
+
+def _fit(cfg, rd: RunDir, resume: bool) -> int:
+    from ray import tune
+    bundles = resource_bundles(cfg)
+    print(f"trial placement group ({cfg.placement.mode}): {bundles}; cluster: {ray.cluster_resources()}", flush=True)
+    ctrl = RunControl.options(name=control_name(cfg.run.name)).remote(cfg.run.name)
+    trial_fn = tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
+    if resume:
+        tuner = tune.Tuner.restore(rd.experiment, trainable=trial_fn, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trial_fn, param_space={"cfg": cfg.to_dict(), "run_dir": rd.root},
+            tune_config=tune.TuneConfig(num_samples=1),
+            run_config=tune.RunConfig(
+                name=os.path.basename(rd.experiment), storage_path=rd.root, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
+    stopper = _install_signal_handlers(ctrl)
+    results = tuner.fit()
+    if stopper.requested:
+        step = _get(ctrl.stopped.remote())
+        print(f"stopped after a final checkpoint at step {step}; resume with: python launch.py train --resume "
+              f"{rd.root}", flush=True)
+        return 0
+    errors = [r.error for r in results if r.error]
+    if errors:
+        print(f"run failed: {errors[0]}", file=sys.stderr)
+        return 1
+    print(f"done: {rd.root} (metrics.jsonl, trajectories.jsonl, plots/, summary.md)", flush=True)
+    return 0
+
+
+def _get(ref, timeout: float = 10.0):
+    try:
+        return ray.get(ref, timeout=timeout)
+    except Exception:   # noqa: BLE001
+        return None
+
+
+class _Stopper:
+    requested = False
+
+
+def _install_signal_handlers(ctrl) -> _Stopper:
+    """First SIGINT/SIGTERM: ask the controller for a final checkpoint, then let Tune stop gracefully (SIGUSR1).
+    Second signal: exit at once."""
+    state = _Stopper()
+
+    def wait_then_stop_tune() -> None:
+        deadline = time.time() + float(os.environ.get("SANDBOX_RL_STOP_WAIT_S", "600"))
+        while time.time() < deadline and _get(ctrl.stopped.remote(), 5) is None:
+            time.sleep(0.5)
+        time.sleep(2.0)     # let Tune register the checkpoint report before the experiment state is saved
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def handler(signum, frame) -> None:
+        if state.requested:
+            print("second signal: exiting without waiting", file=sys.stderr, flush=True)
+            os._exit(130)
+        state.requested = True
+        print(f"{signal.Signals(signum).name}: writing a final checkpoint, then stopping", flush=True)
+        ctrl.request_stop.remote()
+        threading.Thread(target=wait_then_stop_tune, daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------- the trial's loop
+def run_training(cfg, rd: RunDir, stop, ctrl=None) -> None:
+    """Inside the trial: build actors, restore the checkpoint (if Tune has one), run steps, report checkpoints."""
+    import random
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import torch
+    from ray import tune
+
+    from pipelines.kernel_grpo import KernelGRPO, build_actors
+    from runtime import checkpoint as ckpt
+    from runtime import plots, wandb_log
+    from runtime.metrics import append_jsonl, progress_line
+    from runtime.rundir import truncate_jsonl
+
+    timeout = cfg.ray.get_timeout_s
+    actors = build_actors(cfg, rd)
+    controller = KernelGRPO(cfg, actors.tasks, actors.workers, actors.pool, actors.learner, actors.aggregator, rd,
+                            stop=stop)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            ckpt.load(d, controller, actors.learner, timeout)
+        print(f"resumed from checkpoint: next step {controller.step}, weight version {controller.weight_version}",
+              flush=True)
+        ray.get([w.update_weights.remote(actors.learner.async_weights(), controller.weight_version)
+                 for w in actors.workers], timeout=timeout)
+    else:
+        random.seed(cfg.run.seed), np.random.seed(cfg.run.seed), torch.manual_seed(cfg.run.seed)
+    # a resumed run redoes every step after its checkpoint: drop what those steps had written (nothing twice)
+    truncate_jsonl(rd.metrics, controller.step)
+    ray.get(actors.aggregator.truncate_trajectories.remote(controller.step), timeout=timeout)
+    wb = wandb_log.start(cfg, rd)
+
+    def report(m: dict, with_checkpoint: bool) -> None:
+        scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not with_checkpoint:
+            tune.report(scalars)
+            return
+        t0 = time.time()
+        d = tempfile.mkdtemp(prefix="ckpt-")
+        try:
+            ckpt.save(d, controller, actors.learner, timeout)
+            tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(d))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        print(f"checkpoint at step {controller.step} ({time.time() - t0:.1f}s)", flush=True)
+
+    stopped = False
+    every, total = cfg.run.checkpoint_every_steps, cfg.run.total_steps
+    while controller.step < total:
+        m = None if stop() else controller.train_step()
+        if m is None:
+            stopped = True
+            break
+        append_jsonl(rd.metrics, m)
+        actors.aggregator.publish.remote(m)
+        print(progress_line(m, total), flush=True)
+        plots.write_plots(rd)
+        wb.log(m)
+        report(m, with_checkpoint=(every > 0 and controller.step % every == 0) or controller.step == total)
+    plots.write_summary(rd, cfg)
+    wb.finish()
+    if stopped:
+        report({"step": controller.step, "stopped": 1}, with_checkpoint=True)
+        if ctrl is not None:
+            ctrl.mark_stopped.remote(controller.step)
+            time.sleep(float(os.environ.get("SANDBOX_RL_STOP_WAIT_S", "600")))   # Tune ends the trial meanwhile

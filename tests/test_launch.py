@@ -1,0 +1,66 @@
+"""launch.py: configuration errors exit with code 2, name the key, and start nothing (no Ray, no run directory).
+
+    python -m pytest tests/test_launch.py -q
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from runtime.trainer import resource_bundles
+from runtime.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="disabled")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, must_name", [
+    (["algo.trajectories_per_tsk=4"], ["algo.trajectories_per_tsk", "algo.trajectories_per_task"]),
+    (["algo.max_turns=many"], ["algo.max_turns", "int"]),
+    (["rollout.engine=tgi"], ["rollout.engine", "'hf'", "'vllm'"]),
+    (["algo.gamma=1.5"], ["algo.gamma"]),
+    (["runn.total_steps=3"], ["runn", "run"]),
+])
+def test_bad_override_exits_2_naming_the_key(tmp_path, args, must_name):
+    r = _launch("train", "--config", os.path.join(ROOT, "configs", "tiny_test.yaml"),
+                f"run.output_dir={tmp_path}", *args, cwd=str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    for s in must_name:
+        assert s in r.stderr, (s, r.stderr)
+    assert not os.path.exists(os.path.join(tmp_path, "tiny-test")), "a run directory was created"
+    assert "ray" not in r.stdout.lower() or "Started a local Ray" not in r.stdout
+
+
+def test_bad_yaml_key_names_the_closest(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("algo:\n  tasks_per_stp: 2\nrun:\n  output_dir: %s\n" % tmp_path)
+    r = _launch("train", "--config", str(cfg), cwd=str(tmp_path))
+    assert r.returncode == 2
+    assert "algo.tasks_per_stp" in r.stderr and "algo.tasks_per_step" in r.stderr
+    assert os.listdir(tmp_path) == ["bad.yaml"]
+
+
+def test_resume_of_a_missing_run_exits_2(tmp_path):
+    r = _launch("train", "--resume", str(tmp_path / "nothing-here"), cwd=str(tmp_path))
+    assert r.returncode == 2 and "nothing-here" in r.stderr
+
+
+def test_every_shipped_config_validates_and_plans_bundles():
+    for name in ("demo_cpu", "tiny_test", "kevin_qwq32b", "coder_1gpu"):
+        cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+        bundles = resource_bundles(cfg)
+        assert bundles[0] == {"CPU": 1.0}                  # the controller's own bundle comes first
+        gpus = sum(b.get("GPU", 0) for b in bundles)
+        if cfg.placement.mode == "colocated" and gpus:
+            assert all(b["GPU"] == 1.0 for b in bundles[1:])   # one bundle per shared GPU
+    kevin = load_config(os.path.join(ROOT, "configs", "kevin_qwq32b.yaml"))
+    assert (kevin.algo.tasks_per_step, kevin.algo.trajectories_per_task, kevin.algo.max_turns) == (8, 16, 4)
+    assert sum(b.get("GPU", 0) for b in resource_bundles(kevin)) == 8
