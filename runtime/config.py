@@ -173,6 +173,10 @@ class PlacementConfig:
     gpus_per_node: int = f(0, "GPUs per node (for the resource planner)")
     gpu_memory_gib: float = f(80.0, "memory of one GPU (for the resource planner)")
     cpu_memory_gib: float = f(256.0, "memory of one node (for the resource planner)")
+    evaluator_headroom_gib: float = f(4.0, "GPU memory kept free for sandboxed kernel runs on each GPU that hosts a "
+                                           "GPU evaluator runner (for the resource planner)")
+    cuda_context_gib: float = f(1.0, "CUDA context, NCCL and allocator slack of each process on a GPU "
+                                     "(for the resource planner)")
 
 
 @dataclass
@@ -367,6 +371,8 @@ def validate(cfg: Config) -> Config:
         sec, name = key.split(".")
         positive(key, getattr(getattr(cfg, sec), name))
     positive("run.checkpoint_every_steps", cfg.run.checkpoint_every_steps, allow_zero=True)
+    for key in ("placement.evaluator_headroom_gib", "placement.cuda_context_gib"):
+        positive(key, getattr(cfg.placement, key.split(".")[1]), allow_zero=True)
     if not 0.0 <= cfg.algo.gamma <= 1.0:
         raise ConfigError(f"algo.gamma: must be in [0, 1], got {cfg.algo.gamma}")
     if not 0.0 <= cfg.tasks.holdout_fraction < 1.0:
