@@ -26,6 +26,7 @@ GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchm
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import pickle
 import shutil
@@ -36,6 +37,8 @@ import torch
 
 from engines.base import Engine, Generation, SamplingParams
 from engines.models import load_model, load_tokenizer, resolve_source
+
+log = logging.getLogger(__name__)
 
 
 def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
@@ -61,14 +64,19 @@ class VLLMEngine(Engine):
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         from vllm import LLM
         self.weight_sync = rollout_cfg.weight_sync
-        self.tokenizer = load_tokenizer(model_cfg)
+        try:
+            self.tokenizer = load_tokenizer(model_cfg)
+        except Exception as e:          # token ids in, token ids out: only Generation.text needs it
+            log.warning("vllm engine without a tokenizer (Generation.text will be empty): %s", e)
+            self.tokenizer = None
         path, self._tmp_model_dir = materialize_checkpoint(model_cfg, seed)
         kw = dict(model=path, skip_tokenizer_init=True, tensor_parallel_size=rollout_cfg.tensor_parallel_size,
                   gpu_memory_utilization=rollout_cfg.gpu_memory_utilization, enable_sleep_mode=rollout_cfg.enable_sleep,
                   max_model_len=rollout_cfg.max_context_tokens + rollout_cfg.max_new_tokens, seed=seed,
                   dtype=model_cfg.dtype, logprobs_mode="processed_logprobs",
-                  enforce_eager=rollout_cfg.vllm_enforce_eager, trust_remote_code=model_cfg.trust_remote_code,
-                  distributed_executor_backend="mp")
+                  enforce_eager=rollout_cfg.vllm_enforce_eager, trust_remote_code=model_cfg.trust_remote_code)
+        if rollout_cfg.tensor_parallel_size > 1:     # inside a Ray actor vLLM would otherwise pick its Ray executor
+            kw["distributed_executor_backend"] = "mp"
         if rollout_cfg.quantization:
             kw["quantization"] = rollout_cfg.quantization
         if self.weight_sync == "ipc":
@@ -79,7 +87,7 @@ class VLLMEngine(Engine):
         hf_cfg = self.llm.llm_engine.model_config.hf_config
         self._tied = bool(getattr(hf_cfg, "tie_word_embeddings", False))
         self._dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
-        eos = self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         gen_eos = getattr(hf_cfg, "eos_token_id", None)
         ids = set([eos] if eos is not None else []) | set(gen_eos if isinstance(gen_eos, list) else
                                                            [gen_eos] if gen_eos is not None else [])
@@ -107,8 +115,11 @@ class VLLMEngine(Engine):
             lps = [c.logprobs[i][t].logprob for i, t in enumerate(toks)] if c.logprobs else []
             reason = "stop" if c.finish_reason == "stop" else "length"
             gens.append(Generation(prompt_ids=list(prompt), token_ids=toks, logprobs=lps,
-                                   text=self.tokenizer.decode(toks, skip_special_tokens=True), finish_reason=reason))
+                                   text=self._decode(toks), finish_reason=reason))
         return gens
+
+    def _decode(self, toks: list[int]) -> str:
+        return self.tokenizer.decode(toks, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     def _named_tensors(self, state: dict[str, torch.Tensor], device: str):
         for name, t in state.items():
