@@ -211,6 +211,19 @@ class KernelGRPO:
         self.step, self.weight_version = int(s["step"]), int(s["weight_version"])
         self.sampler.load_state_dict(s["sampler"])
 
+    def save(self, directory: str) -> str:
+        """Full checkpoint (runtime/checkpoint.py): controller state, RNG states, learner weights and optimizer."""
+        from runtime import checkpoint
+        return checkpoint.save(directory, self, self.learner, self.cfg.ray.get_timeout_s)
+
+    def restore(self, directory: str) -> None:
+        """Load a checkpoint and give every rollout worker the restored weights under the restored version."""
+        from runtime import checkpoint
+        timeout = self.cfg.ray.get_timeout_s
+        checkpoint.load(directory, self, self.learner, timeout)
+        weights = self.learner.async_weights()
+        ray.get([w.update_weights.remote(weights, self.weight_version) for w in self.workers], timeout=timeout)
+
     def make_request(self, step: int) -> Callable:
         from actors.rollout import TurnRequest
         from engines.base import SamplingParams
@@ -317,19 +330,33 @@ def build_actors(cfg, run_dir) -> Actors:
     from actors.evaluator import start_evaluator_pool
     from actors.learner import LearnerGroup
     from actors.reward import RewardAggregator
-    from actors.rollout import start_rollout_worker
+    from runtime.trainer import bundle_plan
     from kernel_eval.tasks import load_tasks
     tasks = load_tasks(cfg.tasks)
     if not tasks:
         raise ValueError(f"tasks: no tasks selected (source={cfg.tasks.source}, names={cfg.tasks.names}, "
                          f"split={cfg.tasks.split})")
     timeout = cfg.ray.get_timeout_s
-    workers = [start_rollout_worker(cfg.model, cfg.rollout, seed=cfg.run.seed + i, index=i, get_timeout_s=timeout)
-               for i in range(cfg.rollout.num_workers)]
-    learner = LearnerGroup(cfg)
+    pg = ray.util.get_current_placement_group()          # the trial's group (None outside Tune)
+    _, index = bundle_plan(cfg)
+    workers = [_rollout_worker(cfg, i, pg, index["rollout"][i] if pg else None) for i in range(cfg.rollout.num_workers)]
+    learner = LearnerGroup(cfg, placement_group=pg, bundle_indices=index["learner"] if pg else None)
     pool = start_evaluator_pool(cfg.evaluator, name="evaluator-pool")
     aggregator = RewardAggregator.options(name="reward-aggregator").remote(
         cfg.algo, cfg.run.name, run_dir.trajectories if cfg.run.log_trajectories else None, timeout)
     weights = learner.async_weights()
     ray.get([w.update_weights.remote(weights, 0) for w in workers], timeout=timeout)
     return Actors(tasks, workers, pool, learner, aggregator)
+
+
+def _rollout_worker(cfg, i: int, pg, bundle_index: Optional[int]):
+    """A named RolloutWorker ("rollout-<i>"), pinned to its bundle when running inside the trial's placement group."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from actors.rollout import RolloutWorker
+    opts = dict(name=f"rollout-{i}", num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
+                max_concurrency=4096, max_restarts=0)
+    if pg is not None:
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_index)
+    return ray.remote(RolloutWorker).options(**opts).remote(
+        cfg.model, cfg.rollout, seed=cfg.run.seed + i, name=f"rollout-{i}", get_timeout_s=cfg.ray.get_timeout_s)

@@ -85,29 +85,36 @@ class StopFlag:
 # ------------------------------------------------------------------------------------------------------- resources
 def resource_bundles(cfg) -> list[dict]:
     """Placement-group bundles of one trial: the controller first, then every actor the run starts."""
+    return bundle_plan(cfg)[0]
+
+
+def bundle_plan(cfg) -> tuple[list[dict], dict]:
+    """(bundles, role -> bundle index per actor). Disaggregated: one bundle per actor, so roles never share a GPU and
+    their phases overlap across steps. Colocated (with GPUs): one bundle per GPU; rollout worker i and learner rank i
+    are pinned to GPU bundle i, runners and compile workers fill the rest (the engine sleeps while kernels are timed
+    and while the learner trains), so gpus_per_worker + gpus_per_rank + gpus_per_runner should add up to <= 1."""
     def b(cpu: float, gpu: float = 0.0) -> dict:
         out = {"CPU": float(cpu)}
         if gpu > 0:
             out["GPU"] = float(gpu)
         return out
     ro, le, ev = cfg.rollout, cfg.learner, cfg.evaluator
-    bundles = [b(1)]                                                      # controller (+ 0-CPU small actors)
-    bundles += [b(ro.cpus_per_worker, ro.gpus_per_worker) for _ in range(ro.num_workers)]
-    bundles += [b(le.cpus_per_rank, le.gpus_per_rank) for _ in range(le.num_ranks)]
-    bundles += [b(1) for _ in range(ev.num_compile_workers)]
-    bundles += [b(1, ev.gpus_per_runner) for _ in range(ev.num_runners)]
-    if cfg.placement.mode == "colocated" and any("GPU" in x for x in bundles):
-        bundles = _colocate(bundles)
-    return bundles
-
-
-def _colocate(bundles: list[dict]) -> list[dict]:
-    """Colocated: one bundle per GPU holding every role's share of that GPU (roles take turns: the engine sleeps
-    while kernels are timed and while the learner trains)."""
-    head, rest = bundles[0], bundles[1:]
-    gpus = max(1, int(round(max(sum(x.get("GPU", 0) for x in rest if x.get("GPU")) , 1))))
-    per_gpu_cpu = sum(x["CPU"] for x in rest) / gpus
-    return [head] + [{"CPU": per_gpu_cpu, "GPU": 1.0} for _ in range(gpus)]
+    roles = [("rollout", b(ro.cpus_per_worker, ro.gpus_per_worker), ro.num_workers),
+             ("learner", b(le.cpus_per_rank, le.gpus_per_rank), le.num_ranks),
+             ("compile", b(1), ev.num_compile_workers),
+             ("runner", b(1, ev.gpus_per_runner), ev.num_runners)]
+    bundles, index = [b(1)], {}                                           # controller (+ 0-CPU small actors)
+    for role, bundle, n in roles:
+        index[role] = list(range(len(bundles), len(bundles) + n))
+        bundles += [dict(bundle) for _ in range(n)]
+    if cfg.placement.mode != "colocated" or not any("GPU" in x for x in bundles):
+        return bundles, index
+    rest = bundles[1:]
+    gpus = max(1, int(round(sum(x.get("GPU", 0.0) for x in rest))))
+    cpu_per_gpu = sum(x["CPU"] for x in rest) / gpus
+    index = {"rollout": [1 + i % gpus for i in range(ro.num_workers)],
+             "learner": [1 + i % gpus for i in range(le.num_ranks)]}
+    return [bundles[0]] + [{"CPU": cpu_per_gpu, "GPU": 1.0} for _ in range(gpus)], index
 
 
 # --------------------------------------------------------------------------------------------------------- trainable
@@ -252,7 +259,6 @@ def run_training(cfg, rd: RunDir, stop, ctrl=None) -> None:
     from ray import tune
 
     from pipelines.kernel_grpo import KernelGRPO, build_actors
-    from runtime import checkpoint as ckpt
     from runtime import plots, wandb_log
     from runtime.metrics import append_jsonl, progress_line
     from runtime.rundir import truncate_jsonl
@@ -264,11 +270,9 @@ def run_training(cfg, rd: RunDir, stop, ctrl=None) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            ckpt.load(d, controller, actors.learner, timeout)
+            controller.restore(d)
         print(f"resumed from checkpoint: next step {controller.step}, weight version {controller.weight_version}",
               flush=True)
-        ray.get([w.update_weights.remote(actors.learner.async_weights(), controller.weight_version)
-                 for w in actors.workers], timeout=timeout)
     else:
         random.seed(cfg.run.seed), np.random.seed(cfg.run.seed), torch.manual_seed(cfg.run.seed)
     # a resumed run redoes every step after its checkpoint: drop what those steps had written (nothing twice)
@@ -284,7 +288,7 @@ def run_training(cfg, rd: RunDir, stop, ctrl=None) -> None:
         t0 = time.time()
         d = tempfile.mkdtemp(prefix="ckpt-")
         try:
-            ckpt.save(d, controller, actors.learner, timeout)
+            controller.save(d)
             tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(d))
         finally:
             shutil.rmtree(d, ignore_errors=True)
