@@ -1,0 +1,197 @@
+"""The `deepspeed` learner backend: ZeRO (stage learner.zero_stage, default 3), bf16 compute with fp32 master weights
+in the optimizer, optional optimizer / parameter CPU offload, gradient checkpointing. GPU only; deepspeed is imported
+lazily so CPU machines never need it.
+
+Process setup: every rank needs MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK in its environment before
+construction (actors/learner.py sets them; benchmarks/learner_mfu.py sets a world of 1 itself). All ranks must call
+every method together (train_batch, state_dict_cpu, save, load): they contain collectives.
+
+Gradient accumulation is driven by hand (set_gradient_accumulation_boundary before each micro-batch, one engine.step()
+per part) with DeepSpeed's own gradient_accumulation_steps = 1, so DeepSpeed does not rescale our loss: the
+micro-batch losses already add up to the part loss. DeepSpeed averages gradients over ranks, so each rank normalizes
+by its own (equal, padded) sample count. Weights for the rollout engines are gathered one parameter at a time
+(GatheredParameters), so no rank ever holds more than one full tensor on GPU besides its shard.
+
+Limits: the ZeRO-3 model is built inside zero.Init through transformers' HfDeepSpeedConfig (never materialized whole
+on one GPU); the reference model (KL) is a second, optimizer-free ZeRO engine. Not covered on CPU; exercised by the
+GPU tests in tests/test_learner.py (-m gpu) and by benchmarks/learner_mfu.py.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from learners.base import Batch, LearnerBackend, LearnerError, lr_factor
+from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
+
+
+def deepspeed_config(cfg, world_size: int, with_optimizer: bool = True) -> dict:
+    """The DeepSpeed config dict for `cfg.learner` (no 'auto' values: everything resolved here)."""
+    lc = cfg.learner
+    zero: dict = {"stage": lc.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+                  "reduce_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5,
+                  "stage3_prefetch_bucket_size": 5e7, "stage3_gather_16bit_weights_on_model_save": False}
+    if lc.offload_optimizer and with_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if lc.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": lc.micro_batch_samples,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": lc.micro_batch_samples * world_size,
+        "gradient_clipping": lc.max_grad_norm,
+        "bf16": {"enabled": True},       # this backend always computes in bf16 (fp32 master weights in the optimizer)
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "wall_clock_breakdown": False,
+        "steps_per_print": 10 ** 9,
+    }
+
+
+class DeepSpeedLearner(LearnerBackend):
+    """GRPO learner on one rank of a DeepSpeed ZeRO group. `model` may be given (benchmarks: a random Qwen2 built by
+    the caller under the right zero.Init context); else it is loaded from cfg.model with seed cfg.run.seed."""
+
+    def __init__(self, cfg, model_factory=None, pad_id: Optional[int] = None):
+        import deepspeed  # lazy: GPU machines only
+        from transformers.integrations import HfDeepSpeedConfig
+
+        if not torch.cuda.is_available():
+            raise LearnerError("learner.backend=deepspeed needs a CUDA GPU; use learner.backend=torch on CPU")
+        for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            if var not in os.environ:
+                raise LearnerError(f"deepspeed learner: environment variable {var} is not set "
+                                   "(actors/learner.py sets it for every rank)")
+        if pad_id is None:
+            from engines.models import load_tokenizer
+            pad_id = pad_token_id(load_tokenizer(cfg.model))
+        super().__init__(cfg.algo, cfg.learner, cfg.rollout.max_new_tokens, cfg.rollout.temperature, pad_id,
+                         total_optimizer_steps(cfg))
+        self.cfg = cfg
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        deepspeed.init_distributed(dist_backend="nccl")
+        self.ds_config = deepspeed_config(cfg, self.world_size)
+        # Keep the HfDeepSpeedConfig alive while models are built: transformers then builds them inside zero.Init.
+        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.learner.zero_stage == 3 else None
+        build = model_factory or (lambda: _load_policy(cfg))
+        model = build()
+        if cfg.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = _make_optimizer(model, cfg, self.ds_config)
+        warm = self.warmup
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm)))
+        self.ref_engine = None
+        if cfg.algo.kl_coef > 0:
+            ref_cfg = deepspeed_config(cfg, self.world_size, with_optimizer=False)
+            ref = build()
+            ref.eval()
+            self.ref_engine = deepspeed.initialize(model=ref, config=ref_cfg)[0]
+            self.ref_engine.eval()
+        self.export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                             "float16": torch.float16}[cfg.model.dtype]
+        self.engine.train()
+
+    def __repr__(self) -> str:
+        return (f"DeepSpeedLearner(rank={self.rank}/{self.world_size}, zero={self.lcfg.zero_stage}, "
+                f"step={self.step})")
+
+    # hooks -------------------------------------------------------------------------------------------------
+    def _forward(self, engine, batch: Batch) -> torch.Tensor:
+        out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     logits_to_keep=batch.logits_to_keep, use_cache=False)
+        return out.logits                                                   # [B, K+1, V] bf16
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        return self._forward(self.engine, batch)
+
+    @torch.no_grad()
+    def _ref_logits(self, batch: Batch) -> Optional[torch.Tensor]:
+        return None if self.ref_engine is None else self._forward(self.ref_engine, batch)
+
+    def _zero_grad(self) -> None:
+        pass                                   # the engine zeroes gradients after its optimizer step
+
+    def _begin_micro_batch(self, last_in_part: bool) -> None:
+        # Set before forward as well as backward: ZeRO reduces and steps only at the boundary.
+        self.engine.set_gradient_accumulation_boundary(last_in_part)
+
+    def _backward(self, loss: torch.Tensor, last_in_part: bool) -> None:
+        self.engine.backward(loss)
+
+    def _optimizer_step(self) -> float:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def current_lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def train_mode(self, on: bool) -> None:
+        self.engine.train(on)
+
+    # weights and checkpoints -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def state_dict_cpu(self) -> Optional[dict[str, torch.Tensor]]:
+        """Full weights (CPU tensors, model.dtype) on rank 0; None on other ranks. Every rank must call it."""
+        import deepspeed
+        module = self.engine.module
+        names = {id(p): n for n, p in module.named_parameters()}
+        out: dict[str, torch.Tensor] = {}
+        gathered: dict[int, torch.Tensor] = {}
+        for key, t in module.state_dict(keep_vars=True).items():
+            if id(t) in gathered:                                 # tied weights: one gather, two names
+                if self.rank == 0:
+                    out[key] = gathered[id(t)]
+                continue
+            if id(t) in names and self.lcfg.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+                    full = t.data.detach().to("cpu", dtype=self.export_dtype, copy=True) if self.rank == 0 else None
+            else:
+                full = t.detach().to("cpu", dtype=self.export_dtype if t.is_floating_point() else t.dtype,
+                                     copy=True) if self.rank == 0 else None
+            if self.rank == 0:
+                out[key] = full
+                gathered[id(t)] = full
+        return out if self.rank == 0 else None
+
+    def save(self, directory: str) -> str:
+        """DeepSpeed checkpoint (sharded weights, optimizer, scheduler) + our step counter. All ranks call it."""
+        os.makedirs(directory, exist_ok=True)
+        self.engine.save_checkpoint(directory, tag="learner", client_state={"step": self.step})
+        return directory
+
+    def load(self, directory: str) -> None:
+        path, client = self.engine.load_checkpoint(directory, tag="learner", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise LearnerError(f"no deepspeed learner checkpoint (tag 'learner') in {directory}")
+        self.step = int((client or {}).get("step", 0))
+
+
+def _load_policy(cfg):
+    from engines.models import load_model
+    # bf16 weights: DeepSpeed keeps the fp32 master copy inside its optimizer.
+    return load_model(_with_dtype(cfg.model, "bfloat16"), seed=cfg.run.seed, device="cpu")
+
+
+def _make_optimizer(model, cfg, ds_config: dict):
+    """AdamW. With optimizer offload DeepSpeed wants its CPU Adam (a JIT-built op); without, torch's AdamW on the
+    fp32 partitions avoids building FusedAdam."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lc = cfg.learner
+    if lc.offload_optimizer:
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            return DeepSpeedCPUAdam(params, lr=lc.lr, weight_decay=lc.weight_decay, adamw_mode=True)
+        except Exception as e:                      # op build failed: torch AdamW on CPU still works, slower
+            print(f"[learner] DeepSpeedCPUAdam unavailable ({type(e).__name__}: {e}); using torch AdamW on CPU",
+                  flush=True)
+            ds_config["zero_force_ds_cpu_optimizer"] = False
+    return torch.optim.AdamW(params, lr=lc.lr, weight_decay=lc.weight_decay)
