@@ -163,6 +163,12 @@ class EvaluatorConfig:
     max_in_flight: int = f(64, "candidates queued or running in the pool at once")
     cache_dir: Optional[str] = f(None, "build cache (content-hashed); None: ~/.cache/sandbox-rl/builds")
     memory_limit_mb: int = f(8192, "address-space limit of a CPU sandbox process")
+    isolate_network: bool = f(True, "run sandboxes in a new network namespace when the OS allows it")
+    precompiled_header: bool = f(True, "build torch/extension.h once per flag set as a precompiled header and "
+                                       "inject it into C++ builds (halves C++ compile time; ~0.8 GB per flag set)")
+    compile_jobs: int = f(2, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process")
+    timing_input_sets: int = f(3, "input sets rotated through timed calls (identity caches miss)")
+    work_dir: Optional[str] = f(None, "parent of per-candidate temporary directories; None: the system temp dir")
 
 
 @dataclass
@@ -206,6 +212,20 @@ class FlowConfig:
     reward_weights: dict = f({"analytic": 1.0}, "reward name -> weight (normalized to sum 1)")
     num_reward_workers: int = f(1, "reward actors")
     num_sampler_workers: int = f(1, "sampler actors")
+    use_actors: bool = f(False, "sample and score in Ray actors (false: in the controller process, same results)")
+    micro_batch_samples: int = f(0, "samples per model call in sampling and per forward/backward in training "
+                                    "(0: one optimizer step's share of the batch)")
+    max_grad_norm: float = f(1.0, "gradient-norm clip")
+    precision: Literal["fp32", "bf16"] = f("fp32", "model compute: bf16 autocast with fp32 master weights, or fp32; "
+                                                   "log-probs are always float32")
+    device: str = f("auto", "device of the controller's model and of each sampler: auto (cuda when present), "
+                            "cpu, cuda")
+    toy_pretrain_steps: int = f(2000, "toy2d: flow-matching pretraining steps of the base model (cached on disk)")
+    flux_path: str = f("black-forest-labs/FLUX.1-dev", "flux: diffusers checkpoint (Hub name or local path)")
+    prompts_file: Optional[str] = f(None, "flux: text file with one prompt per line (e.g. HPDv2); None: a few "
+                                          "built-in prompts")
+    image_size_px: int = f(512, "flux: image height and width in pixels")
+    guidance_scale: float = f(3.5, "flux: FLUX.1-dev guidance embedding value")
 
 
 @dataclass
@@ -366,8 +386,11 @@ def validate(cfg: Config) -> Config:
     for key in ("algo.tasks_per_step", "algo.trajectories_per_task", "algo.max_turns", "algo.gradient_steps_per_batch",
                 "rollout.num_workers", "rollout.max_new_tokens", "rollout.max_context_tokens", "learner.num_ranks",
                 "learner.micro_batch_samples", "evaluator.num_runners", "evaluator.num_compile_workers",
-                "evaluator.timing_trials", "evaluator.correctness_trials", "run.total_steps", "flow.num_steps",
-                "flow.group_size", "flow.window_size", "flow.prompts_per_iter"):
+                "evaluator.timing_trials", "evaluator.correctness_trials", "evaluator.compile_jobs",
+                "evaluator.timing_input_sets", "evaluator.max_in_flight", "run.total_steps", "flow.num_steps",
+                "flow.group_size", "flow.window_size", "flow.prompts_per_iter", "flow.optimizer_steps_per_iter",
+                "flow.num_sampler_workers", "flow.num_reward_workers", "flow.window_interval_iters",
+                "flow.clip_eps", "flow.lr", "flow.image_size_px"):
         sec, name = key.split(".")
         positive(key, getattr(getattr(cfg, sec), name))
     positive("run.checkpoint_every_steps", cfg.run.checkpoint_every_steps, allow_zero=True)
@@ -401,6 +424,19 @@ def validate(cfg: Config) -> Config:
     if cfg.learner.micro_batch_samples > cfg.algo.tasks_per_step * cfg.algo.trajectories_per_task * cfg.algo.max_turns:
         raise ConfigError("learner.micro_batch_samples: larger than the samples of one step "
                           "(tasks_per_step * trajectories_per_task * max_turns)")
+    positive("flow.micro_batch_samples", cfg.flow.micro_batch_samples, allow_zero=True)
+    positive("flow.window_stride", cfg.flow.window_stride, allow_zero=True)
+    if cfg.flow.window_mode in ("progressive", "frozen", "random") and cfg.flow.window_size > cfg.flow.num_steps - 2:
+        raise ConfigError(f"flow.window_size: {cfg.flow.window_size} leaves no room in flow.num_steps="
+                          f"{cfg.flow.num_steps} (the last two steps are never trained; need window_size <= "
+                          f"num_steps - 2)")
+    if cfg.flow.window_mode == "random_subset" and not 1 <= cfg.flow.subset_steps <= cfg.flow.num_steps:
+        raise ConfigError(f"flow.subset_steps: must be in 1..flow.num_steps={cfg.flow.num_steps}, "
+                          f"got {cfg.flow.subset_steps}")
+    if (cfg.flow.prompts_per_iter * cfg.flow.group_size) % cfg.flow.optimizer_steps_per_iter:
+        raise ConfigError(f"flow.optimizer_steps_per_iter: {cfg.flow.optimizer_steps_per_iter} does not divide the "
+                          f"{cfg.flow.prompts_per_iter * cfg.flow.group_size} samples of an iteration "
+                          f"(prompts_per_iter * group_size)")
     ws = cfg.flow.reward_weights
     if not ws or any((not isinstance(v, (int, float))) or v < 0 for v in ws.values()) or sum(ws.values()) <= 0:
         raise ConfigError(f"flow.reward_weights: need non-negative numbers with a positive sum, got {ws}")

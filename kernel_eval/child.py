@@ -1,0 +1,364 @@
+"""Code that runs INSIDE the sandbox process (spawned by kernel_eval.sandbox): the compile and run protocols.
+
+Run protocol (the parent judges; this process only computes and reports facts):
+1. Build every trial's inputs from the parent's seeds (distributions "task", "normal", "mixed"), before any candidate
+   code exists in this process.
+2. Reference outputs (native dtype, and float64 when the model runs in double) go to the parent over the protocol
+   pipe and are deleted here (plus gc), so the candidate cannot find them in Python objects.
+3. Freed memory is poisoned (NaN bytes): CPU by allocating and freeing NaN-filled blocks of many sizes, GPU by
+   re-allocating the caching allocator's inactive blocks and filling them, so an uninitialized output reads NaN.
+4. Per trial: candidate (fresh clone) -> reference (fresh clone, discarded) -> candidate again (fresh clone); each
+   candidate output is checked for structure (exact torch.Tensor, materialized storage, no aliasing of inputs),
+   fingerprinted at return and again after a full synchronize (deferred writes), and sent to the parent with the
+   inputs' digests (input modification).
+5. The parent replies "time" only if all of it was correct; then candidate and reference are timed interleaved in
+   this process, rotating several input sets; GPU: L2 flush per trial, CUDA events around a device-wide
+   synchronize (work on other streams counts). CPU: perf_counter with a fixed thread count.
+
+Limits: timing happens in the candidate's own process, so a candidate that patches timers could lie; the static
+checks reject such code (monkey_patching, introspection). Freed small CPU allocations that malloc keeps in its heap
+are poisoned only as far as the allocator hands them back to our NaN blocks.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+import types
+from typing import Any, Optional
+
+
+class Channel:
+    """Frames to the parent: one JSON header line, then header['nbytes'] raw bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, header: dict, payload: bytes = b"") -> None:
+        data = (json.dumps(dict(header, nbytes=len(payload))) + "\n").encode() + payload
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+
+def main() -> None:
+    req = json.loads(sys.stdin.readline())
+    chan = Channel(int(req["msg_fd"]))
+    try:
+        if req["mode"] == "compile":
+            _compile(req, chan)
+        else:
+            _run(req, chan)
+        chan.send({"type": "done"})
+    except MemoryError:
+        chan.send({"type": "error", "reason": "memory_limit", "message": "MemoryError"})
+    except BaseException as e:           # SystemExit and KeyboardInterrupt too: the candidate must not end us quietly
+        chan.send({"type": "error", "reason": _classify(e), "message": _format_exc(e)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)                          # skip atexit hooks the candidate may have registered
+
+
+def _classify(e: BaseException) -> str:
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text \
+            or "bad_alloc" in text:
+        return "memory_limit"
+    if isinstance(e, SystemExit):
+        return "process_exit"
+    return "runtime_error"
+
+
+def _format_exc(e: BaseException) -> str:
+    lines = traceback.format_exception(type(e), e, e.__traceback__)
+    return "".join(lines[-6:])[-3000:]
+
+
+def _exec_module(name: str, code: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__file__ = f"<{name}>"
+    sys.modules[name] = mod
+    exec(compile(code, f"<{name}>", "exec"), mod.__dict__)
+    return mod
+
+
+# -------------------------------------------------------------------------------------------------------- compile
+def _compile(req: dict, chan: Channel) -> None:
+    import torch  # noqa: F401  (imported before the candidate, like in the run)
+    from kernel_eval.build import patch_for_compile
+    patch_for_compile(req["cache_dir"], req["out_dir"], bool(req.get("use_pch")), chan.send)
+    try:
+        _exec_module("candidate_module", req["code"])
+    except Exception as e:
+        chan.send({"type": "import_error", "message": _format_exc(e)})
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------------ run
+def _make_inputs(module: Any, distribution: str, seed: int) -> list:
+    try:
+        from kernel_eval.inputs import make_inputs
+    except ImportError:
+        make_inputs = _fallback_make_inputs
+    return make_inputs(module, distribution, seed)
+
+
+def _fallback_make_inputs(module: Any, distribution: str, seed: int) -> list:
+    """Used only when kernel_eval.inputs is absent: the task's get_inputs, then redrawn float tensors."""
+    import torch
+    torch.manual_seed(seed)
+    inputs = list(module.get_inputs())
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and distribution != "task":
+            y = torch.randn(x.shape, generator=g, dtype=torch.float32)
+            if distribution == "mixed":
+                y = y * torch.pow(10.0, torch.empty(x.shape).uniform_(-2, 2, generator=g))
+            x = y.to(x.dtype)
+        out.append(x)
+    return out
+
+
+def _to(x: Any, device: str, double: bool = False) -> Any:
+    import torch
+    if isinstance(x, torch.Tensor):
+        x = x.to(device)
+        return x.double() if double and x.is_floating_point() else x
+    return x
+
+
+def _clone(xs: list) -> list:
+    import torch
+    return [x.clone() if isinstance(x, torch.Tensor) else x for x in xs]
+
+
+def _as_list(out: Any) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _tensor_frame(t: Any) -> tuple[dict, bytes]:
+    import torch
+    c = t.detach().to("cpu").contiguous()
+    data = c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b""
+    return {"dtype": str(c.dtype).replace("torch.", ""), "shape": list(c.shape)}, data
+
+
+def _digest(t: Any) -> str:
+    import torch
+    if not isinstance(t, torch.Tensor):
+        return repr(t)
+    c = t.detach().to("cpu").contiguous()
+    return hashlib.sha256(c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b"").hexdigest()
+
+
+def _sync(device: str) -> None:
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _poison(device: str) -> None:
+    """Fill freed memory with NaN bytes (0xFF: NaN in float16/bfloat16/float32/float64)."""
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        held = []
+        for seg in torch.cuda.memory_snapshot():
+            for blk in seg.get("blocks", []):
+                if blk.get("state") == "inactive" and blk.get("size", 0) > 0:
+                    t = torch.empty(blk["size"], dtype=torch.uint8, device=device)
+                    t.fill_(255)
+                    held.append(t)
+        torch.cuda.synchronize()
+        del held
+        return
+    held = []
+    for size in [1 << k for k in range(6, 25)] * 2:      # 64 B .. 16 MiB, twice: heap chunks and mmap'd blocks
+        held.append(torch.full((size,), 255, dtype=torch.uint8))
+    del held
+
+
+def _structure(out: list, inputs: list) -> Optional[tuple[str, str]]:
+    """A named structural problem of the candidate's outputs, or None."""
+    import torch
+    spans = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.numel():
+            st = x.untyped_storage()
+            spans.append((st.data_ptr(), st.data_ptr() + st.nbytes()))
+    for j, o in enumerate(out):
+        if type(o) is not torch.Tensor:
+            return "wrong_output_type", f"output {j} is a {type(o).__module__}.{type(o).__qualname__}, " \
+                                        "expected a plain torch.Tensor"
+        if o.is_meta or (o.numel() and o.untyped_storage().data_ptr() == 0):
+            return "wrong_output_type", f"output {j} has no materialized storage"
+        if o.numel():
+            st = o.untyped_storage()
+            lo, hi = st.data_ptr(), st.data_ptr() + st.nbytes()
+            if any(lo < b and a < hi for a, b in spans):
+                return "output_aliases_input", f"output {j} shares memory with an input"
+    return None
+
+
+def _fingerprint(out: list, device: str) -> list:
+    """Checksums computed on the current stream right after the call (before a device-wide synchronize)."""
+    import torch
+    sums = [o.detach().double().sum() if o.is_floating_point() else o.detach().long().sum() for o in out]
+    if device.startswith("cuda"):
+        torch.cuda.current_stream().synchronize()          # only this stream: work elsewhere may still run
+    return [float(s.item()) for s in sums]
+
+
+def _run(req: dict, chan: Channel) -> None:
+    import torch
+    from kernel_eval.build import patch_for_run
+    device = req["device"]
+    torch.set_num_threads(int(req["threads"]))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    ref_mod = _exec_module("reference_model", req["task_source"])
+    try:
+        from kernel_eval.inputs import make_init_inputs
+        init_inputs = list(make_init_inputs(ref_mod, int(req["init_seed"])))
+    except ImportError:
+        init_inputs = list(ref_mod.get_init_inputs())
+    trials = [[_to(x, device) for x in _make_inputs(ref_mod, t["dist"], int(t["seed"]))] for t in req["trials"]]
+    torch.manual_seed(int(req["init_seed"]))
+    ref = ref_mod.Model(*init_inputs).to(device)
+    ref_modified = _reference_phase(ref, trials, device, chan)
+    gc.collect()
+    _poison(device)
+
+    patch_for_run(req["ext_dir"])
+    t0 = time.monotonic()
+    cand_mod = _exec_module("candidate_module", req["code"])
+    torch.manual_seed(int(req["init_seed"]))
+    cand = cand_mod.ModelNew(*init_inputs).to(device)
+    chan.send({"type": "loaded", "seconds": time.monotonic() - t0})
+    for i, inputs in enumerate(trials):
+        digests = [_digest(x) for x in inputs]
+        for rep in range(2):
+            if rep == 1:
+                with torch.no_grad():
+                    ref(*_clone(inputs))                     # the reference runs between the two candidate calls
+                _sync(device)
+            _poison(device)
+            x = _clone(inputs)
+            with torch.no_grad():
+                out = _as_list(cand(*x))
+            problem = _structure(out, x)
+            if problem:
+                chan.send({"type": "verdict", "reason": problem[0], "detail": problem[1]})
+                return
+            fp_return = _fingerprint(out, device)
+            _sync(device)
+            if not device.startswith("cuda"):
+                time.sleep(0.02)                             # a thread still writing would change the outputs
+            if _fingerprint(out, device) != fp_return:
+                chan.send({"type": "verdict", "reason": "deferred_write",
+                           "detail": "the outputs changed after the call returned (work still running)"})
+                return
+            for j, o in enumerate(out):
+                h, data = _tensor_frame(o)
+                chan.send(dict(h, type="cand", trial=i, rep=rep, index=j, device=str(o.device)), data)
+            for j, xj in enumerate(x):
+                if j in ref_modified[i]:
+                    h, data = _tensor_frame(xj)
+                    chan.send(dict(h, type="cand_input", trial=i, rep=rep, index=j), data)
+                elif _digest(xj) != digests[j]:
+                    chan.send({"type": "verdict", "reason": "input_modified",
+                               "detail": f"input {j} was modified by the kernel (the reference leaves it unchanged)"})
+                    return
+            del out, x
+    chan.send({"type": "correctness_done"})
+    cmd = json.loads(sys.stdin.readline() or "{}")
+    if cmd.get("cmd") == "time":
+        _timing(ref, cand, trials, req, device, chan)
+
+
+def _reference_phase(ref: Any, trials: list, device: str, chan: Channel) -> list:
+    """Send the reference's outputs (native and float64) for every trial; return per trial the input indices that
+    the reference modifies (their post-call values are sent too). Nothing of the outputs stays referenced here."""
+    import copy
+    import torch
+    modified = []
+    ref64 = None
+    try:
+        ref64 = copy.deepcopy(ref).double()
+    except Exception:
+        pass
+    for i, inputs in enumerate(trials):
+        x = _clone(inputs)
+        with torch.no_grad():
+            out = _as_list(ref(*x))
+        for j, o in enumerate(out):
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(f"the reference returned a {type(o).__name__}; only tensors are supported")
+            h, data = _tensor_frame(o)
+            chan.send(dict(h, type="ref", trial=i, index=j, device=str(o.device)), data)
+        mods = [j for j, (a, b) in enumerate(zip(x, inputs)) if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
+        for j in mods:
+            h, data = _tensor_frame(x[j])
+            chan.send(dict(h, type="ref_input", trial=i, index=j), data)
+        modified.append(set(mods))
+        del out, x
+        if ref64 is not None:
+            try:
+                with torch.no_grad():
+                    out64 = _as_list(ref64(*[_to(v, device, double=True) for v in inputs]))
+                for j, o in enumerate(out64):
+                    h, data = _tensor_frame(o)
+                    chan.send(dict(h, type="ref64", trial=i, index=j), data)
+                del out64
+            except Exception:
+                ref64 = None                      # some ops have no double kernel: judge against native only
+    del ref64
+    return modified
+
+
+def _timing(ref: Any, cand: Any, trials: list, req: dict, device: str, chan: Channel) -> None:
+    import torch
+    cfg = req["timing"]
+    sets = [trials[k % len(trials)] for k in range(max(1, int(cfg["input_sets"])))]
+    cuda = device.startswith("cuda")
+    flush = None
+    if cuda:
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20) or (64 << 20)
+        flush = torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+    def once(fn: Any, x: list) -> float:
+        if cuda:
+            flush.zero_()                                   # evict the L2 so no call profits from the last one
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*x)
+            torch.cuda.synchronize()                         # device-wide: work on any stream is counted
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        fn(*x)
+        return (time.perf_counter() - t0) * 1e3
+
+    ref_ms, ker_ms = [], []
+    with torch.no_grad():
+        for w in range(int(cfg["warmup"])):
+            x = sets[w % len(sets)]
+            once(ref, x)
+            once(cand, x)
+        for i in range(int(cfg["trials"])):
+            x = sets[i % len(sets)]
+            if i % 2:                                        # alternate the order: neither side always goes first
+                ker_ms.append(once(cand, x))
+                ref_ms.append(once(ref, x))
+            else:
+                ref_ms.append(once(ref, x))
+                ker_ms.append(once(cand, x))
+    chan.send({"type": "timing", "ref_ms": ref_ms, "kernel_ms": ker_ms})
