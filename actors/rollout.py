@@ -65,7 +65,9 @@ def parse_turn(text: str) -> tuple[Optional[str], str, str]:
     except ImportError:
         return _fallback_parse(text)
     p = parse_response(text)
-    return p.code, p.summary, p.thought
+    # on a format error parse_response's summary explains the error; the next turn gets that from the evaluator's
+    # feedback instead, so the model's own turn shows no summary
+    return p.code, (p.summary if p.error is None else ""), p.thought
 
 
 class RolloutWorker:

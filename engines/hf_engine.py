@@ -50,7 +50,8 @@ class HFEngine(Engine):
     def __init__(self, model_cfg, seed: int = 0, device: Optional[str] = None, max_batch_sequences: int = 64,
                  model=None, tokenizer=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
+        # model_cfg may be None when a model is given: then tokenizer may be None too (Generation.text is "")
+        self.tokenizer = tokenizer if tokenizer is not None or model_cfg is None else load_tokenizer(model_cfg)
         self.model = model if model is not None else load_model(model_cfg, seed=seed, device=self.device)
         self.model.eval()
         self.max_batch_sequences = max_batch_sequences
@@ -60,10 +61,11 @@ class HFEngine(Engine):
         self._asleep = False
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos_ids)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
+        self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
 
     def __repr__(self) -> str:
         return f"HFEngine({type(self.model).__name__}, device={self.device}, weight_version={self.weight_version})"
@@ -110,7 +112,7 @@ class HFEngine(Engine):
         temps = torch.tensor([p.temperature for p in params], device=dev)              # [B]
         top_ps = torch.tensor([p.top_p for p in params], device=dev)                   # [B]
         gens = self._generators(params, call)
-        eos = torch.tensor(self.eos_ids, device=dev)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
         vocab = None
 
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
@@ -149,8 +151,11 @@ class HFEngine(Engine):
             cache = out.past_key_values
             logits = out.logits[:, -1]                                                 # [b, V]
         return [Generation(prompt_ids=list(prompts[r]), token_ids=tokens[r], logprobs=lps[r],
-                           text=self.tokenizer.decode(tokens[r], skip_special_tokens=True), finish_reason=finish[r])
+                           text=self._decode(tokens[r]), finish_reason=finish[r])
                 for r in range(b)]
+
+    def _decode(self, toks: list[int]) -> str:
+        return self.tokenizer.decode(toks, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     # ------------------------------------------------------------------------------------------------- weights
     @torch.no_grad()

@@ -16,7 +16,8 @@ from rlcore.types import TurnSample
 from runtime.config import load_config
 
 TIMEOUT_S = 120
-SRC = "import torch\nimport torch.nn as nn\n\nclass Model(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+SRC = ("import torch\nimport torch.nn as nn\n\n"
+       "class Model(nn.Module):\n    def forward(self, x):\n        return x * 2\n")
 
 
 @pytest.fixture(scope="module")
