@@ -84,7 +84,11 @@ class VLLMEngine(Engine):
         self.llm = LLM(**kw)
         if self.weight_sync == "ipc":
             self.llm.init_weight_transfer_engine({"init_info": {}})
-        hf_cfg = self.llm.llm_engine.model_config.hf_config
+        try:
+            hf_cfg = self.llm.llm_engine.model_config.hf_config
+        except AttributeError:        # vLLM moved it: read the checkpoint's config instead
+            from transformers import AutoConfig
+            hf_cfg = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         self._tied = bool(getattr(hf_cfg, "tie_word_embeddings", False))
         self._dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
         eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
