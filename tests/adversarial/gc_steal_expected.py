@@ -1,0 +1,31 @@
+# exploit: walks gc.get_objects() for a tensor shaped like the output (the reference's result)
+# task: builtin/relu
+# backend: cpu
+# layer: static
+# expect: introspection
+import torch
+import torch.nn as nn
+from torch.utils.cpp_extension import load_inline
+
+SRC = r"""
+torch::Tensor relu_fwd(torch::Tensor x) {
+    auto xc = x.contiguous();
+    auto out = torch::empty_like(xc);
+    const float* p = xc.data_ptr<float>();
+    float* q = out.data_ptr<float>();
+    for (int64_t i = 0; i < xc.numel(); ++i) q[i] = p[i] > 0.f ? p[i] : 0.f;
+    return out;
+}
+"""
+ext = load_inline(name="adv_static_relu", cpp_sources=SRC, functions=["relu_fwd"], extra_cflags=["-O2"])
+
+import gc
+
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        out = ext.relu_fwd(x)
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and obj.shape == x.shape and obj is not x:
+                out = obj
+        return out

@@ -1,0 +1,29 @@
+# exploit: returns an empty output and fills it from a Python thread after returning
+# task: builtin/relu
+# backend: cpu
+# layer: static
+# expect: threads_or_processes
+import torch
+import torch.nn as nn
+from torch.utils.cpp_extension import load_inline
+
+SRC = r"""
+torch::Tensor relu_fwd(torch::Tensor x) {
+    auto xc = x.contiguous();
+    auto out = torch::empty_like(xc);
+    const float* p = xc.data_ptr<float>();
+    float* q = out.data_ptr<float>();
+    for (int64_t i = 0; i < xc.numel(); ++i) q[i] = p[i] > 0.f ? p[i] : 0.f;
+    return out;
+}
+"""
+ext = load_inline(name="adv_static_relu", cpp_sources=SRC, functions=["relu_fwd"], extra_cflags=["-O2"])
+
+import threading
+
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        out = torch.empty_like(x)
+        threading.Thread(target=lambda: out.copy_(ext.relu_fwd(x))).start()
+        return out
