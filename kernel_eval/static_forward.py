@@ -439,6 +439,8 @@ class ForwardChecker:
             if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in
                     ("get", "setdefault", "pop", "add", "__contains__", "__getitem__") and any(ident(a) for a in n.args)):
                 fail(n, "a tensor address used as a key")
+        if "ModelNew" in self.classes and not hasattr(self, "model_methods"):
+            self.model_methods = self._methods(self.classes["ModelNew"])
         for f in self.forward_closure() if hasattr(self, "model_methods") else []:
             names = self._tensor_names(f)
             for n in ast.walk(f):
