@@ -197,9 +197,26 @@ class LearnerGroup:
                 raise LearnerRankError(f"learner rank {rank} (actor {self.name}-rank{rank}) died: "
                                        f"{str(e).splitlines()[0]}") from e
             except GetTimeoutError as e:
+                dead = self._dead_ranks()          # a dead peer stalls the live ranks inside a collective
+                if dead:
+                    raise LearnerRankError(f"learner rank(s) {dead} died (actors "
+                                           f"{', '.join(f'{self.name}-rank{r}' for r in dead)}); rank {rank} "
+                                           f"waited {timeout:.0f}s for them") from e
                 raise LearnerRankError(f"learner rank {rank} (actor {self.name}-rank{rank}) did not answer within "
                                        f"{timeout:.0f}s (ray.get_timeout_s)") from e
         return out[0] if single else out
+
+    def _dead_ranks(self, timeout_s: float = 5.0) -> list[int]:
+        """Ranks whose actor is gone (a busy rank just does not answer in time and is not reported)."""
+        dead = []
+        for r, a in enumerate(self.ranks):
+            try:
+                ray.get(a.ping.remote(), timeout=timeout_s)
+            except RayActorError:
+                dead.append(r)
+            except GetTimeoutError:
+                pass
+        return dead
 
     def train(self, sample_refs: Sequence, advantages: Sequence[float]) -> dict:
         """Blocking async_train + merged metrics."""

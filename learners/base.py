@@ -73,6 +73,15 @@ def split_even(items: Sequence, parts: int) -> list[list]:
     return out
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant: works with ZeRO-3 and frozen inputs)."""
+    fn = getattr(model, "activation_checkpointing_enable", None)    # the newer transformers name
+    if fn is not None:
+        fn(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def chunks(items: Sequence, size: int) -> list[list]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 

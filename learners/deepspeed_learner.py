@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from learners.base import Batch, LearnerBackend, LearnerError, lr_factor
+from learners.base import Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
 
 
@@ -81,7 +81,7 @@ class DeepSpeedLearner(LearnerBackend):
         build = model_factory or (lambda: _load_policy(cfg))
         model = build()
         if cfg.learner.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         optimizer = _make_optimizer(model, cfg, self.ds_config)
         warm = self.warmup
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

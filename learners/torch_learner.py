@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from learners.base import Batch, LearnerBackend, LearnerError, lr_factor
+from learners.base import Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor
 
 
 def total_optimizer_steps(cfg) -> int:
@@ -51,8 +51,8 @@ class TorchLearner(LearnerBackend):
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
-        if cfg.learner.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.learner.gradient_checkpointing:
+            enable_activation_checkpointing(self.model)
         self.autocast_dtype = torch.bfloat16 if cfg.learner.precision == "bf16" else None
         self.export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                              "float16": torch.float16}[cfg.model.dtype]

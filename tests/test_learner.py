@@ -250,3 +250,15 @@ def test_deepspeed_single_rank_ratio_one_train_export_resume(tmp_path):
     assert ds.step == 2
     got = ds.train_batch(samples, 2)
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-3, abs=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def grads(gc):
+        torch.manual_seed(0)
+        ln = GradCapture(make_cfg(**{"learner.gradient_checkpointing": gc}), device="cpu", model=tiny_model(0),
+                         pad_id=0)
+        ln.train_batch(make_samples(ln.model), gradient_steps=1)
+        return ln.grads
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
