@@ -132,7 +132,7 @@ class AlgoConfig:
 @dataclass
 class LearnerConfig:
     backend: Literal["torch", "deepspeed"] = f("torch", "torch: one process (CPU or one GPU); deepspeed: ZeRO ranks")
-    num_ranks: int = f(1, "learner ranks (DeepSpeed data-parallel world size)")
+    num_ranks: int = f(1, "learner ranks (DeepSpeed data-parallel world size; the torch backend runs exactly 1)")
     gpus_per_rank: float = f(0.0, "GPUs per learner rank")
     cpus_per_rank: float = f(1.0, "CPUs per learner rank")
     lr: float = f(2e-6, "learning rate (constant after warm-up)")
@@ -144,7 +144,8 @@ class LearnerConfig:
     offload_optimizer: bool = f(False, "DeepSpeed: optimizer states in CPU memory")
     offload_params: bool = f(False, "DeepSpeed: parameters in CPU memory")
     gradient_checkpointing: bool = f(False, "recompute activations in backward")
-    precision: Literal["fp32", "bf16"] = f("fp32", "training precision (bf16: bf16 compute, fp32 master weights)")
+    precision: Literal["fp32", "bf16"] = f("fp32", "torch backend precision (bf16: bf16 autocast, fp32 master "
+                                                   "weights); the deepspeed backend always computes in bf16")
 
 
 @dataclass
