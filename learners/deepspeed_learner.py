@@ -78,7 +78,7 @@ class DeepSpeedLearner(LearnerBackend):
         self.ds_config = deepspeed_config(cfg, self.world_size)
         # Keep the HfDeepSpeedConfig alive while models are built: transformers then builds them inside zero.Init.
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.learner.zero_stage == 3 else None
-        build = model_factory or (lambda: _load_policy(cfg))
+        build = model_factory or (lambda: _load_policy(cfg, self.device))
         model = build()
         if cfg.learner.gradient_checkpointing:
             enable_activation_checkpointing(model)
@@ -175,10 +175,11 @@ class DeepSpeedLearner(LearnerBackend):
         self.step = int((client or {}).get("step", 0))
 
 
-def _load_policy(cfg):
+def _load_policy(cfg, device: torch.device):
     from engines.models import load_model
-    # bf16 weights: DeepSpeed keeps the fp32 master copy inside its optimizer.
-    return load_model(_with_dtype(cfg.model, "bfloat16"), seed=cfg.run.seed, device="cpu")
+    # bf16 weights: DeepSpeed keeps the fp32 master copy inside its optimizer. The rank's own GPU as device: under
+    # zero.Init the parameters are already partitioned there, and .to("cpu") would move only their placeholders.
+    return load_model(_with_dtype(cfg.model, "bfloat16"), seed=cfg.run.seed, device=device)
 
 
 def _make_optimizer(model, cfg, ds_config: dict):
