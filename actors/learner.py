@@ -181,7 +181,7 @@ class LearnerGroup:
         """Ref to the current log-probs of the samples' responses (rank 0; torch backend or one rank only)."""
         return self._track(self.ranks[0].logprobs.remote(list(sample_refs)), 0)
 
-    # blocking helpers ----------------------------------------------------------------------------------------
+    # blocking calls ------------------------------------------------------------------------------------------
     def get(self, refs, timeout_s: Optional[float] = None):
         """ray.get with the configured timeout; a dead or silent rank raises LearnerRankError naming it."""
         single = not isinstance(refs, list)
