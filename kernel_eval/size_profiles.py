@@ -210,12 +210,19 @@ def choose_scaled(source: str, profile: str) -> dict:
     return best
 
 
+def _with_published(source: str, profile: str) -> dict:
+    published = measure(source)
+    out = choose_scaled(source, profile)
+    out.update(published_max_bytes=published["max_bytes"], published_total_bytes=published["total_bytes"])
+    return out
+
+
 def _child_main() -> None:
     req = json.loads(sys.stdin.read())
     if req["op"] == "measure":
         out = [measure(s) for s in req["sources"]]
     else:
-        out = [choose_scaled(s, req["profile"]) for s in req["sources"]]
+        out = [_with_published(s, req["profile"]) for s in req["sources"]]
     sys.stdout.write(json.dumps(out))
 
 
@@ -248,7 +255,7 @@ def apply_profile_many(sources: list[str], profile: str, timeout_s: float = 600.
 
 
 def profile_report(sources: list[str], profile: str, timeout_s: float = 600.0) -> list[dict]:
-    """Per source: scaled source, chosen factor, max/total bytes on meta, which parts ran, and a note."""
+    """Per source: scaled source, chosen factor, max/total bytes on meta (also published_*), which parts ran, note."""
     parse_profile(profile)
     return _run_child({"op": "apply", "profile": profile, "sources": list(sources)}, timeout_s)
 

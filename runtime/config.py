@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -401,6 +402,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algo.gamma: must be in [0, 1], got {cfg.algo.gamma}")
     if not 0.0 <= cfg.tasks.holdout_fraction < 1.0:
         raise ConfigError(f"tasks.holdout_fraction: must be in [0, 1), got {cfg.tasks.holdout_fraction}")
+    if not re.fullmatch(r"as_published|cpu_small|gpu_small|x(\d+(\.\d*)?|\.\d+)", cfg.tasks.size_profile) or \
+            (cfg.tasks.size_profile.startswith("x") and float(cfg.tasks.size_profile[1:]) <= 0):
+        raise ConfigError(f"tasks.size_profile: {cfg.tasks.size_profile!r} is not allowed; allowed values: "
+                          f"as_published, cpu_small, gpu_small, or a factor like x0.25")
+    if cfg.tasks.max_tasks is not None and cfg.tasks.max_tasks < 1:
+        raise ConfigError(f"tasks.max_tasks: must be >= 1 or null, got {cfg.tasks.max_tasks}")
+    if not cfg.tasks.levels:
+        raise ConfigError("tasks.levels: must name at least one level (e.g. [1, 2])")
     if cfg.tasks.source in ("dir", "file") and not cfg.tasks.path:
         raise ConfigError(f"tasks.path: required when tasks.source is '{cfg.tasks.source}'")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
