@@ -81,7 +81,8 @@ _BAD_QUALNAMES = {   # qualified names (after alias resolution) that are rejecte
                      "torch.cuda.ExternalStream", "torch.Stream", "torch.cuda.graph", "torch.cuda.CUDAGraph",
                      "torch.cuda.make_graphed_callables", "torch.cuda.graphs"),
     "tensor_subclass": ("torch.overrides", "torch.utils._python_dispatch", "torch.Tensor._make_subclass",
-                        "torch.Tensor._make_wrapper_subclass", "torch.Tensor.as_subclass", "torch._C.DisableTorchFunction",
+                        "torch.Tensor._make_wrapper_subclass", "torch.Tensor.as_subclass",
+                        "torch._C.DisableTorchFunction",
                         "torch._C._disabled_torch_function_impl"),
     "exec_eval": ("@exec", "@eval", "@compile", "@__import__", "@execfile"),
     "introspection": ("@globals", "@locals", "@vars", "@breakpoint", "@__builtins__", "@__doc__", "@__loader__",
@@ -288,9 +289,18 @@ def _monkey_patch_rule(fc: ForwardChecker, nodes, lines) -> None:
             rq = fc.qualname(root) if isinstance(root, ast.Name) else None
             is_import = bool(rq) and not rq.startswith("@")
             patched = isinstance(t, ast.Attribute) and t.attr in _PATCH_ATTRS
-            if is_import or patched or (isinstance(root, ast.Name) and root.id in ("__builtins__", "builtins")):
+            is_class = isinstance(root, ast.Name) and root.id in fc.classes     # ModelNew.forward = ... later on
+            if is_import or patched or is_class or (isinstance(root, ast.Name)
+                                                    and root.id in ("__builtins__", "builtins")):
                 raise Reject("monkey_patching", f"{snippet(lines, n)} -- changing attributes of modules or of the "
                                                 f"checker's tools is not allowed")
+        if isinstance(n, ast.ClassDef):
+            for stmt in n.body:
+                names = [t.id for t in (stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target",
+                         None)]) if isinstance(t, ast.Name)] if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else []
+                if set(names) & {"forward", "__call__", "_call_impl", "__getattr__", "__getattribute__"}:
+                    raise Reject("monkey_patching", f"{snippet(lines, stmt)} -- {names[0]} must be a method (def), "
+                                                    f"not an assigned value")
         if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("setattr", "delattr")
                 and not (n.args and isinstance(n.args[0], ast.Name) and n.args[0].id == "self")):
             raise Reject("monkey_patching", f"{snippet(lines, n)} -- {n.func.id} on anything but self is not allowed")

@@ -267,6 +267,14 @@ class ForwardChecker:
 
     def _find_self_attrs(self) -> None:
         self.torch_module_attrs, self.tensor_attrs, self.candidate_module_attrs = set(), set(), {}
+        self.torch_module_names = set()      # plain names bound to torch.nn modules (module-level `lin = nn.Linear()`)
+        for n in self.nodes:
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call):
+                q = self.qualname(n.value.func)
+                inner = [c for c in ast.walk(n.value) if isinstance(c, ast.Call)][1:]
+                if self._torch_module_ctor(n.value) or (q in _TORCH_CONTAINERS and any(self._torch_module_ctor(c)
+                                                                                       for c in inner)):
+                    self.torch_module_names |= {t.id for t in n.targets if isinstance(t, ast.Name)}
         for n in self.nodes:
             if isinstance(n, ast.Call) and _self_attr(n.func) in ("register_buffer", "register_parameter") \
                     and n.args and isinstance(n.args[0], ast.Constant):
@@ -331,7 +339,7 @@ class ForwardChecker:
 
     # ---- forward closure ----------------------------------------------------------------------------------------
     def forward_closure(self) -> list[ast.FunctionDef]:
-        """Functions reachable from ModelNew.forward (helpers, properties, candidate sub-modules, autograd Functions)."""
+        """Functions reachable from ModelNew.forward: helpers, properties, candidate sub-modules, autograd Functions."""
         roots = [f for k, f in self.model_methods.items() if k in ("forward", "__call__", "_call_impl", "__getattr__")]
         done, todo = [], list(roots)
         all_methods = {}
@@ -436,8 +444,9 @@ class ForwardChecker:
                     fail(n, "a tensor address looked up")
                 if any(o in (ast.Eq, ast.NotEq) for o in ops) and sum(ident(s) for s in sides) >= 2:
                     fail(n, "tensor addresses compared")
-            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in
-                    ("get", "setdefault", "pop", "add", "__contains__", "__getitem__") and any(ident(a) for a in n.args)):
+            lookups = ("get", "setdefault", "pop", "add", "__contains__", "__getitem__")
+            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in lookups
+                    and any(ident(a) for a in n.args)):
                 fail(n, "a tensor address used as a key")
         if "ModelNew" in self.classes and not hasattr(self, "model_methods"):
             self.model_methods = self._methods(self.classes["ModelNew"])
@@ -482,7 +491,9 @@ class ForwardChecker:
                 root = root.value
             if _self_attr(root) in self.torch_module_attrs:
                 return f"a torch.nn module in self.{_self_attr(root)}"
-        if isinstance(f, ast.Name) and f.id in loop_modules:
+            if isinstance(root, ast.Name) and root.id in self.torch_module_names:
+                return f"a torch.nn module in {root.id}"
+        if isinstance(f, ast.Name) and (f.id in loop_modules or f.id in self.torch_module_names):
             return f"the torch.nn module {f.id}"
         if isinstance(f, ast.Attribute):
             recv, name = f.value, f.attr
@@ -498,16 +509,41 @@ class ForwardChecker:
                 return f".{name}()"
         return None
 
+    @staticmethod
+    def _compute_name(name: str) -> bool:
+        base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+        return (base.strip("_") if name.startswith("__") else base) in COMPUTE_METHODS
+
+    def torch_compute_references(self) -> None:
+        """torch compute functions used as values anywhere (`ops = [torch.relu]`, `self.act = F.gelu`, a default
+        argument): where they go cannot be followed, so they are rejected outright."""
+        callees = {id(c.func) for c in self.nodes if isinstance(c, ast.Call)}
+        for n in self.nodes:
+            if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in callees:
+                q = self.qualname(n) or ""
+                if q.startswith("torch.") and q[6:] not in ALLOWED_TORCH_IN_FORWARD and (
+                        q.startswith("torch.nn.functional.") or self._compute_name(q.split(".")[-1])):
+                    raise Reject("torch_compute_in_forward", f"{snippet(self.lines, n)} -- {q} used as a value: "
+                                                             f"PyTorch compute must not reach forward")
+
     def forward_compute(self) -> None:
+        self.torch_compute_references()
         closure = self.forward_closure()
         called = False
         for f in closure:
             names = self._tensor_names(f)
-            loop_modules = {t.id for n in ast.walk(f) if isinstance(n, ast.For) and isinstance(n.target, ast.Name)
-                            and _self_attr(n.iter) in self.torch_module_attrs for t in [n.target]}
+            loop_modules = {n.target.id for n in ast.walk(f) if isinstance(n, ast.For)
+                            and isinstance(n.target, ast.Name) and (_self_attr(n.iter) in self.torch_module_attrs or (
+                                isinstance(n.iter, ast.Name) and n.iter.id in self.torch_module_names))}
+            callees = {id(c.func) for c in ast.walk(f) if isinstance(c, ast.Call)}
             for n in ast.walk(f):
                 what = None
-                if isinstance(n, ast.Call):
+                if isinstance(n, ast.Attribute) and id(n) not in callees and not _is_self(n.value) \
+                        and not self.is_ext(n.value) and self._compute_name(n.attr):
+                    rq = self.qualname(n.value)
+                    if not (rq and not rq.startswith("torch")):
+                        what = f"a reference to {rq + '.' if rq else ''}{n.attr}"
+                elif isinstance(n, ast.Call):
                     if self.is_kernel_call(n):
                         called = True
                         continue

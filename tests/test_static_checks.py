@@ -201,6 +201,16 @@ BAD = [
                                        init="        self.layers = nn.ModuleList([nn.ReLU()])\n")),
     ("torch_compute_in_forward", model("        return torch.Tensor.relu(ext.relu_fwd(x))")),
     ("torch_compute_in_forward", model("        return ext.relu_fwd(x) * 2.0")),
+    ("monkey_patching", model("        return ext.relu_fwd(x)") + "\nModelNew.forward = lambda self, x: x\n"),
+    ("monkey_patching", HEAD + "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n"
+                              "        return ext.relu_fwd(x)\n    forward = torch.relu\n"),
+    ("torch_compute_in_forward", HEAD + "\nclass ModelNew(nn.Module):\n    def forward(self, x, f=torch.relu):\n"
+                                       "        return f(ext.relu_fwd(x))\n"),
+    ("torch_compute_in_forward", model("        return OPS[0](ext.relu_fwd(x))", extra="OPS = [torch.sigmoid]\n")),
+    ("torch_compute_in_forward", model("        return LIN(ext.relu_fwd(x))", extra="LIN = nn.Linear(4, 4)\n")),
+    ("torch_compute_in_forward", model("        g = x.sigmoid\n        return ext.relu_fwd(g())")),
+    ("torch_compute_in_forward", model("        return self.act(ext.relu_fwd(x))",
+                                       init="        self.act = torch.nn.functional.gelu\n")),
     ("monkey_patching", model("        return ext.relu_fwd(x)", extra="t = torch\nt.allclose = print\n")),
     ("monkey_patching", model("        return ext.relu_fwd(x)", extra="setattr(torch, 'equal', print)\n")),
     ("tensor_subclass", model("        y = ext.relu_fwd(x)\n        y.__class__ = nn.Parameter\n        return y")),
