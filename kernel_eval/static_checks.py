@@ -16,7 +16,8 @@ The first failing rule (in the order of `REASONS`) decides the reason; the detai
   -> "tensor_subclass"
 - assigning/deleting attributes of imported modules or objects (torch.allclose = ..., time.perf_counter = ...),
   attributes named like the checker's tools (allclose, synchronize, perf_counter, ...) on anything, setattr/delattr
-  on anything but self, builtins -> "monkey_patching"
+  on anything but self, builtins, attributes of the candidate's own classes after definition (ModelNew.forward = ...),
+  forward/__call__ assigned in a class body instead of defined -> "monkey_patching"
 - sys/inspect/gc/traceback/types, globals()/locals()/vars(), frame and function internals (f_back, __globals__,
   __dict__, ...), private torch attributes (torch._C ...), getattr with a computed name -> "introspection"
 - id(...) anywhere; data_ptr()/tensors used as dict keys, in `in`/`is` tests; lru_cache/cache; weakref;
@@ -32,7 +33,8 @@ The first failing rule (in the order of `REASONS`) decides the reason; the detai
 - float32 task and half/bfloat16/tf32/autocast anywhere -> "precision_downgrade"
 - PyTorch compute reachable from any forward (ModelNew's, its helper methods and functions, other candidate
   classes' forward): torch.* / F.* calls outside the glue allowlist, torch.nn modules called, compute tensor methods
-  (x.sum(), x.matmul()), `@`, arithmetic or comparisons on values known to be tensors -> "torch_compute_in_forward"
+  (x.sum(), x.matmul()), `@`, arithmetic or comparisons on values known to be tensors, torch compute functions used
+  as values anywhere (`ops = [torch.relu]`, a default argument, `self.act = F.gelu`) -> "torch_compute_in_forward"
 - no call of an extension function reachable from ModelNew.forward -> "kernel_not_called"
 
 Allowed imports (ALLOWED_IMPORTS): torch and its public submodules (minus the ones above), math, typing, functools
