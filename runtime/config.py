@@ -231,6 +231,26 @@ class FlowConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`launch.py evaluate`: G trajectories x T turns come from algo.trajectories_per_task and algo.max_turns."""
+    budget_kernels: int = f(0, "> 0: instead of one G x T evaluation, compare parallel x serial splits that each spend "
+                               "this many kernels per task (e.g. 128: 128x1, 32x4, 16x8)")
+    budget_serial_turns: list[int] = f([1, 4, 8], "serial turns of the budget splits (each must divide budget_kernels "
+                                                  "to be used)")
+    sampling_step: int = f(0, "step index mixed into every sampling seed (another value draws other samples)")
+
+
+@dataclass
+class SearchConfig:
+    """`launch.py search`: Kevin's test-time beam search, per task."""
+    beam_width: int = f(16, "N: trajectories alive in every round")
+    keep: int = f(4, "K: trajectories kept after a round (those whose fastest correct kernel is best); each is "
+                     "copied N/K times")
+    rounds: int = f(4, "R: rounds of (T turns, keep K, copy)")
+    turns_per_round: int = f(4, "T: turns every trajectory generates in one round")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -242,6 +262,8 @@ class Config:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -447,6 +469,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"flow.optimizer_steps_per_iter: {cfg.flow.optimizer_steps_per_iter} does not divide the "
                           f"{cfg.flow.prompts_per_iter * cfg.flow.group_size} samples of an iteration "
                           f"(prompts_per_iter * group_size)")
+    positive("eval.budget_kernels", cfg.eval.budget_kernels, allow_zero=True)
+    for i, t in enumerate(cfg.eval.budget_serial_turns):
+        positive(f"eval.budget_serial_turns[{i}]", t)
+    for key in ("search.beam_width", "search.keep", "search.rounds", "search.turns_per_round"):
+        positive(key, getattr(cfg.search, key.split(".")[1]))
+    if cfg.search.beam_width % cfg.search.keep:
+        raise ConfigError(f"search.keep: {cfg.search.keep} does not divide search.beam_width={cfg.search.beam_width} "
+                          f"(every kept trajectory is copied beam_width / keep times)")
     ws = cfg.flow.reward_weights
     if not ws or any((not isinstance(v, (int, float))) or v < 0 for v in ws.values()) or sum(ws.values()) <= 0:
         raise ConfigError(f"flow.reward_weights: need non-negative numbers with a positive sum, got {ws}")
