@@ -42,6 +42,9 @@ class MixGRPOPipeline:
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
         self.cfg, self.fc, self.control, self.iteration = cfg, fc, control, 0
+        if fc.model == "toy2d":
+            # The toy's matrices are tiny: intra-op threads only add overhead (10x slower on a busy 2-core box).
+            torch.set_num_threads(1)
         self.weights = {k: float(w) for k, w in fc.reward_weights.items() if w}
         self.window = WindowScheduler(fc.window_mode, fc.num_steps, fc.window_size, fc.window_interval_iters,
                                       fc.window_stride, fc.window_decay, fc.subset_steps, cfg.run.seed, fc.flash)
@@ -172,7 +175,8 @@ class MixGRPOPipeline:
     def load_state_dict(self, state: dict) -> None:
         self.iteration = int(state["iteration"])
         self.bundle.model.load_state_dict(state["model"])
-        self.trainer.opt.load_state_dict(state["optimizer"])
+        # torch adopts the given state tensors without copying; a deep copy keeps `state` reusable (resume twice).
+        self.trainer.opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         if self.samplers:
             self._version = -1                    # force a fresh weights ref for the actors
 
