@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         r = evaluate_case(c, cfg)
         got = outcome(r)
-        ok = got in c.expect and (r.rewarded or "ok" not in c.expect or got == "ok")
+        ok = got in c.expect and (got == "ok" or not r.rewarded)       # a cheat must never earn reward
         rows.append(dict(case=c.name, backend=c.backend, layer="runtime", expect=list(c.expect), got=got, passed=ok,
                          seconds=round(time.monotonic() - t0, 2), compile_s=round(r.compile_s, 2),
                          run_s=round(r.run_s, 2), speedup=r.speedup, detail=r.detail[:300]))
