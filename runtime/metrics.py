@@ -110,3 +110,12 @@ def progress_line(m: dict, total_steps: Optional[int] = None) -> str:
             f"gen {m.get('time_generate_s', 0):.1f}s eval {m.get('time_evaluate_s', 0):.1f}s "
             f"rollout {m.get('time_rollout_s', 0):.1f}s train {m.get('time_train_s', 0):.1f}s "
             f"sync {m.get('time_sync_s', 0):.1f}s step {m.get('step_s', 0):.1f}s")
+
+
+def mixgrpo_progress_line(m: dict, total_steps: Optional[int] = None) -> str:
+    """One MixGRPO iteration: reward (and the toy's hit rate), clip fraction, window, sample/train seconds."""
+    of = f"/{total_steps}" if total_steps else ""
+    hit = f" hit {m['hit']:.3f}" if "hit" in m else ""
+    return (f"step {m.get('step')}{of} reward {m.get('reward', 0):+.4f}{hit} "
+            f"clip {m.get('train/clip_fraction', 0):.3f} window {m.get('window_start', -1)} nfe {m.get('nfe', 0)} | "
+            f"sample {m.get('time/sample_s', 0):.2f}s train {m.get('time/train_s', 0):.2f}s")

@@ -16,8 +16,16 @@ PLOTS = {
 }
 
 
-def write_plots(rd) -> list[str]:
-    """reward/correctness/speedup per step (+ correctness and speedup per turn). Returns the files written."""
+MIXGRPO_PLOTS = {
+    "reward.png": ("reward (weighted)", [("reward", "reward")]),
+    "clip_fraction.png": ("PPO clip fraction", [("train/clip_fraction", "clip fraction")]),
+    "window.png": ("SDE window start", [("window_start", "window start")]),
+}
+
+
+def write_plots(rd, pipeline: str = "kernel_grpo") -> list[str]:
+    """Kernel GRPO: reward/correctness/speedup per step (+ correctness and speedup per turn). MixGRPO: reward (and the
+    toy's hit rate), clip fraction, window position. Returns the files written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -27,7 +35,10 @@ def write_plots(rd) -> list[str]:
     os.makedirs(rd.plots, exist_ok=True)
     steps = [r["step"] for r in rows]
     out = []
-    for fname, (title, series) in PLOTS.items():
+    plots = PLOTS if pipeline == "kernel_grpo" else dict(MIXGRPO_PLOTS)
+    if pipeline == "mixgrpo" and "hit" in rows[-1]:
+        plots["reward.png"] = ("reward (weighted) and hit rate", [("reward", "reward"), ("hit", "hit rate")])
+    for fname, (title, series) in plots.items():
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for key, label in series:
             ax.plot(steps, [r.get(key, 0.0) for r in rows], marker="o", label=label)
@@ -50,7 +61,14 @@ def write_plots(rd) -> list[str]:
 def write_summary(rd, cfg) -> str:
     rows = read_jsonl(rd.metrics)
     lines = [f"# Run {cfg.run.name}", "", f"steps finished: {len(rows)} of {cfg.run.total_steps}", ""]
-    if rows:
+    if rows and cfg.run.pipeline == "mixgrpo":
+        every = max(1, len(rows) // 10)
+        lines += ["| step | reward | hit | clip fraction | window start |", "|---|---|---|---|---|"]
+        for r in rows[::every] + ([rows[-1]] if (len(rows) - 1) % every else []):
+            lines.append(f"| {r['step']} | {r.get('reward', 0):+.4f} | {r.get('hit', float('nan')):.3f} | "
+                         f"{r.get('train/clip_fraction', 0):.3f} | {r.get('window_start', -1)} |")
+        lines.append("")
+    elif rows:
         last = rows[-1]
         lines += ["| step | reward | correct | best@G correct | avg@G speedup | best@G speedup | stall | step s |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -60,7 +78,8 @@ def write_summary(rd, cfg) -> str:
                          f"{r.get('best_at_g_speedup', 0):.2f} | {r.get('eval_stall_fraction', 0):.0%} | "
                          f"{r.get('step_s', 0):.1f} |")
         lines += ["", f"rejections at the last step: {last.get('rejections', {})}", ""]
-    lines += ["files: config.yaml, metrics.jsonl, trajectories.jsonl, plots/*.png, tune/ (checkpoints)", ""]
+    traj = ", trajectories.jsonl" if cfg.run.pipeline == "kernel_grpo" else ""
+    lines += [f"files: config.yaml, metrics.jsonl{traj}, plots/*.png, tune/ (checkpoints)", ""]
     with open(rd.summary, "w") as fh:
         fh.write("\n".join(lines))
     return rd.summary

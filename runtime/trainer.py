@@ -98,6 +98,8 @@ def bundle_plan(cfg) -> tuple[list[dict], dict]:
         if gpu > 0:
             out["GPU"] = float(gpu)
         return out
+    if cfg.run.pipeline == "mixgrpo":
+        return _mixgrpo_bundles(cfg, b)
     ro, le, ev = cfg.rollout, cfg.learner, cfg.evaluator
     roles = [("rollout", b(ro.cpus_per_worker, ro.gpus_per_worker), ro.num_workers),
              ("learner", b(le.cpus_per_rank, le.gpus_per_rank), le.num_ranks),
@@ -115,6 +117,22 @@ def bundle_plan(cfg) -> tuple[list[dict], dict]:
     index = {"rollout": [1 + i % gpus for i in range(ro.num_workers)],
              "learner": [1 + i % gpus for i in range(le.num_ranks)]}
     return [bundles[0]] + [{"CPU": cpu_per_gpu, "GPU": 1.0} for _ in range(gpus)], index
+
+
+def _mixgrpo_bundles(cfg, b) -> tuple[list[dict], dict]:
+    """MixGRPO: the controller trains the flow model in its own process (one GPU when it runs on CUDA); with
+    flow.use_actors, one bundle per sampler (its GPU too) and per reward actor."""
+    import torch
+    fc = cfg.flow
+    on_gpu = fc.device == "cuda" or (fc.device == "auto" and (cfg.ray.num_gpus or 0) > 0) or \
+        (fc.device == "auto" and cfg.ray.num_gpus is None and torch.cuda.is_available())
+    bundles, index = [b(1, 1.0 if on_gpu else 0.0)], {}
+    if fc.use_actors:
+        index["sampler"] = list(range(1, 1 + fc.num_sampler_workers))
+        bundles += [b(1, 1.0 if on_gpu else 0.0) for _ in range(fc.num_sampler_workers)]
+        index["reward"] = list(range(len(bundles), len(bundles) + fc.num_reward_workers))
+        bundles += [b(1) for _ in range(fc.num_reward_workers)]
+    return bundles, index
 
 
 # --------------------------------------------------------------------------------------------------------- trainable
@@ -152,6 +170,8 @@ def main(cfg, args) -> int:
             print(f"config error: run.name: {rd.root} already holds a run; resume it with --resume {rd.root} "
                   f"or choose another run.name", file=sys.stderr)
             return 2
+    if not _fits(cfg):
+        return 2
     rd.make()
     text = cfg.to_yaml()
     print(f"run directory: {rd.root}\n--- resolved config ---\n{text}-----------------------", flush=True)
@@ -163,6 +183,23 @@ def main(cfg, args) -> int:
         return _fit(cfg, rd, resume=bool(resume))
     finally:
         ray.shutdown()
+
+
+def _fits(cfg) -> bool:
+    """The resource planner's memory check, before anything starts (run.skip_fit_check=true starts anyway). The
+    planner models the kernel pipeline's LLM roles; MixGRPO is not checked."""
+    from planner.cli import check_fits
+    if cfg.run.pipeline != "kernel_grpo":
+        return True
+    report = check_fits(cfg)
+    if not report.fits and not cfg.run.skip_fit_check:
+        print(report.message, file=sys.stderr)
+        return False
+    if not report.fits:
+        print(f"{report.message}\nrun.skip_fit_check=true: starting anyway", file=sys.stderr, flush=True)
+    elif not report.checked:
+        print(report.message, flush=True)
+    return True
 
 
 def _init_ray(cfg) -> None:
@@ -245,72 +282,3 @@ def _install_signal_handlers(ctrl) -> _Stopper:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
     return state
-
-
-# ------------------------------------------------------------------------------------------------- the trial's loop
-def run_training(cfg, rd: RunDir, stop, ctrl=None) -> None:
-    """Inside the trial: build actors, restore the checkpoint (if Tune has one), run steps, report checkpoints."""
-    import random
-    import shutil
-    import tempfile
-
-    import numpy as np
-    import torch
-    from ray import tune
-
-    from pipelines.kernel_grpo import KernelGRPO, build_actors
-    from runtime import plots, wandb_log
-    from runtime.metrics import append_jsonl, progress_line
-    from runtime.rundir import truncate_jsonl
-
-    timeout = cfg.ray.get_timeout_s
-    actors = build_actors(cfg, rd)
-    controller = KernelGRPO(cfg, actors.tasks, actors.workers, actors.pool, actors.learner, actors.aggregator, rd,
-                            stop=stop)
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            controller.restore(d)
-        print(f"resumed from checkpoint: next step {controller.step}, weight version {controller.weight_version}",
-              flush=True)
-    else:
-        random.seed(cfg.run.seed), np.random.seed(cfg.run.seed), torch.manual_seed(cfg.run.seed)
-    # a resumed run redoes every step after its checkpoint: drop what those steps had written (nothing twice)
-    truncate_jsonl(rd.metrics, controller.step)
-    ray.get(actors.aggregator.truncate_trajectories.remote(controller.step), timeout=timeout)
-    wb = wandb_log.start(cfg, rd)
-
-    def report(m: dict, with_checkpoint: bool) -> None:
-        scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if not with_checkpoint:
-            tune.report(scalars)
-            return
-        t0 = time.time()
-        d = tempfile.mkdtemp(prefix="ckpt-")
-        try:
-            controller.save(d)
-            tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(d))
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-        print(f"checkpoint at step {controller.step} ({time.time() - t0:.1f}s)", flush=True)
-
-    stopped = False
-    every, total = cfg.run.checkpoint_every_steps, cfg.run.total_steps
-    while controller.step < total:
-        m = None if stop() else controller.train_step()
-        if m is None:
-            stopped = True
-            break
-        append_jsonl(rd.metrics, m)
-        actors.aggregator.publish.remote(m)
-        print(progress_line(m, total), flush=True)
-        plots.write_plots(rd)
-        wb.log(m)
-        report(m, with_checkpoint=(every > 0 and controller.step % every == 0) or controller.step == total)
-    plots.write_summary(rd, cfg)
-    wb.finish()
-    if stopped:
-        report({"step": controller.step, "stopped": 1}, with_checkpoint=True)
-        if ctrl is not None:
-            ctrl.mark_stopped.remote(controller.step)
-            time.sleep(float(os.environ.get("SANDBOX_RL_STOP_WAIT_S", "600")))   # Tune ends the trial meanwhile
