@@ -34,10 +34,10 @@ class MixGRPOPipeline:
     """`step() -> metrics`, `state_dict()`, `load_state_dict()`; `close()` stops the actors it started.
 
     `rewards` overrides reward functions by name (in-process only); `control` is a negative control for tests
-    (see flowrl/grpo.py), never set in a real run.
+    (see flowrl/grpo.py), never set in a real run; `bundle` replaces the model named by flow.model (benchmarks).
     """
 
-    def __init__(self, cfg, rewards: Optional[dict] = None, control: Optional[str] = None):
+    def __init__(self, cfg, rewards: Optional[dict] = None, control: Optional[str] = None, bundle=None):
         fc = cfg.flow
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
@@ -57,10 +57,10 @@ class MixGRPOPipeline:
         if part % self.chunk_rows:
             raise ValueError(f"flow.micro_batch_samples: {fc.micro_batch_samples} does not divide the {part} samples "
                              f"of one optimizer step")
-        if fc.use_actors and rewards:
-            raise ValueError("custom reward functions run in-process only (flow.use_actors=false)")
+        if fc.use_actors and (rewards or bundle is not None):
+            raise ValueError("custom rewards and bundles run in-process only (flow.use_actors=false)")
 
-        self.local = SamplerCore(fc)              # the controller's copy: the one that is trained
+        self.local = SamplerCore(fc, bundle)              # the controller's copy: the one that is trained
         self.bundle = self.local.bundle
         self.trainer = FlowTrainer(self.bundle.model, sampler_settings(fc, self.chunk_rows), fc.lr, fc.weight_decay,
                                    fc.clip_eps, fc.optimizer_steps_per_iter, fc.max_grad_norm,
