@@ -62,6 +62,9 @@ class VLLMEngine(Engine):
                                ">= 1), or use rollout.engine=hf")
         # update_weights carries pickled CUDA IPC handles; vLLM refuses pickle in its RPC unless this is set.
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        # The engine core is a child process: if this process already touched CUDA (a learner, a test, a Ray worker
+        # that imported torch.cuda), a forked child cannot use it. Spawn is always safe.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm import LLM
         self.weight_sync = rollout_cfg.weight_sync
         try:
