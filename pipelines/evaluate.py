@@ -118,17 +118,29 @@ def start_actors(cfg, checkpoint: Optional[str] = None, prefix: str = "eval") ->
     workers = [start_rollout_worker(cfg.model, cfg.rollout, seed=cfg.run.seed, index=i, get_timeout_s=timeout,
                                     name=f"{prefix}-rollout-{i}") for i in range(cfg.rollout.num_workers)]
     pool = start_evaluator_pool(cfg.evaluator, name=f"{prefix}-evaluator-pool")
-    version = 0
+    actors = EvalActors(tasks, workers, pool)
     if checkpoint:
-        version = checkpoint_version(checkpoint)
-        ref = ray.put(load_policy_weights(checkpoint, cfg.model.dtype))
         try:
-            ray.get([w.update_weights.remote([ref], version) for w in workers], timeout=timeout)
-        except ray.exceptions.RayTaskError as e:
-            raise RuntimeError(f"--checkpoint {checkpoint}: its weights do not fit model.name_or_path="
-                               f"{cfg.model.name_or_path}: {str(e).splitlines()[-1][:300]}") from None
-        del ref
-    return EvalActors(tasks, workers, pool, version)
+            push_weights(cfg, actors, checkpoint)
+        except Exception:
+            stop_actors(actors)
+            raise
+    return actors
+
+
+def push_weights(cfg, actors: EvalActors, learner_dir: str) -> int:
+    """Load a checkpoint's policy into every rollout worker under its weight version (one ray.put, many gets).
+    Raises RuntimeError naming the checkpoint and the model when the weights do not fit the workers' model."""
+    version = checkpoint_version(learner_dir)
+    ref = ray.put(load_policy_weights(learner_dir, cfg.model.dtype))
+    try:
+        ray.get([w.update_weights.remote([ref], version) for w in actors.workers], timeout=cfg.ray.get_timeout_s)
+    except ray.exceptions.RayTaskError as e:
+        last = [x for x in str(e).splitlines() if x.strip()][-1]
+        raise RuntimeError(f"--checkpoint {learner_dir}: its weights do not fit model.name_or_path="
+                           f"{cfg.model.name_or_path}: {last[:300]}") from None
+    actors.weight_version = version
+    return version
 
 
 def stop_actors(actors: Optional[EvalActors]) -> None:

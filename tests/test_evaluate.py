@@ -140,3 +140,210 @@ def test_resolve_checkpoint_layouts_and_weights(tmp_path):
         resolve_checkpoint(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no such directory"):
         resolve_checkpoint(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------------------------------------ local Ray: main()
+def _args(**kw):
+    return SimpleNamespace(config=TINY, overrides=[], checkpoint=kw.get("checkpoint"), out=kw.get("out"))
+
+
+def _tiny_checkpoint(path, cfg, version: int, bad_key: bool = False) -> str:
+    """A checkpoint as `launch.py train` writes it (learner/learner.pt + meta.json) with changed tiny weights."""
+    from engines.models import load_model
+    sd = {k: v * 0.5 for k, v in load_model(cfg.model, seed=cfg.run.seed).state_dict().items()}
+    if bad_key:
+        sd["not_a_parameter.weight"] = torch.zeros(1)
+    (path / "learner").mkdir(parents=True)
+    torch.save({"model": sd, "optimizer": {}}, path / "learner" / "learner.pt")
+    (path / "meta.json").write_text(json.dumps({"step": version, "weight_version": version}))
+    return str(path)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(x) for x in open(path)]
+
+
+def test_main_evaluate_with_checkpoint_writes_consistent_files(ray_local, tmp_path, capsys):
+    from pipelines.evaluate import main
+    cfg = load_config(TINY)
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", cfg, version=3)
+    out = tmp_path / "out"
+    assert main("evaluate", cfg, _args(checkpoint=ckpt, out=str(out))) == 0
+    printed = capsys.readouterr().out
+    for name in ("report.md", "report.json", "trajectories.jsonl", "speedup_distribution.png", "metrics_vs_turn.png",
+                 "metrics_vs_k.png", "best_kernels/index.json"):
+        assert (out / name).exists(), name
+    md = (out / "report.md").read_text()
+    assert md.splitlines()[0] in printed and "| k | correct best@k" in md
+    lines = _lines(out / "trajectories.jsonl")
+    assert len(lines) == 2 * 2 * 2                                        # tasks x G x T
+    assert {x["weight_version"] for x in lines} == {3}                   # every turn sampled the checkpoint's weights
+    assert {(x["task"], x["trajectory_id"], x["turn"]) for x in lines}.__len__() == 8
+    rep = json.loads((out / "report.json").read_text())
+    o = rep["overall"]
+    assert o["tasks"] == 2 and o["trajectories_per_task"] == 2 and rep["timing"]["turns"] == 8
+    for t in (0, 1):                                                     # per-turn numbers = the lines' numbers
+        mine = [x["correct"] for x in lines if x["turn"] == t]
+        assert o["per_turn"][t]["correct"] == pytest.approx(sum(mine) / len(mine))
+    assert sum(o["rejections"].values()) == sum(not x["correct"] for x in lines)
+    assert o["rejections"] == _count(x["eval"]["reason"] for x in lines if not x["correct"])
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def test_main_refuses_a_missing_checkpoint_before_starting(tmp_path, capsys):
+    from pipelines.evaluate import main
+    assert main("evaluate", load_config(TINY), _args(checkpoint=str(tmp_path / "nope"), out=str(tmp_path))) == 2
+    assert "no such directory" in capsys.readouterr().err and not (tmp_path / "report.md").exists()
+
+
+# ------------------------------------------------------------------------------------------------ local Ray: replay
+def seed_replay_worker(cfg, solution: str, name: str):
+    """A real RolloutWorker whose engine is SEED_REPLAY (test fixture): even sampling seed -> the known-good solution,
+    odd -> an answer without code (a format failure, rejected before compiling)."""
+    from actors.rollout import RolloutWorker
+
+    class SeedReplayEngine:
+        def __init__(self, tokenizer, real):
+            self.real = real            # the worker's real engine checks weights pushed to it
+            self.answers = [f"```python\n{solution}\n```\nC++ loops replace the operator.", "I am not sure."]
+            self.ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.answers]
+            self.weight_version = 0
+
+        def generate_each(self, prompts, params):
+            from engines.base import Generation
+            out = []
+            for p, prm in zip(prompts, params):
+                i = prm.seed % 2
+                out.append(Generation(prompt_ids=list(p), token_ids=list(self.ids[i]),
+                                      logprobs=[-1.0] * len(self.ids[i]), text=self.answers[i], finish_reason="stop"))
+            return out
+
+        def load_weights(self, state):
+            self.real.load_weights(state)
+
+        def sleep(self, level=1):
+            pass
+
+        def wake_up(self):
+            pass
+
+    class SeedReplayWorker(RolloutWorker):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.engine = SeedReplayEngine(self.tokenizer, self.engine)
+
+    import ray
+    return ray.remote(SeedReplayWorker).options(name=name, num_cpus=0, max_concurrency=256).remote(
+        cfg.model, cfg.rollout, seed=0, name=name)
+
+
+@pytest.fixture(scope="module")
+def replay(ray_local):
+    import ray
+    from actors.evaluator import start_evaluator_pool
+    from kernel_eval.tasks import builtin_solution, get_task
+    from pipelines.evaluate import EvalActors
+    cfg = load_config(TINY, ["tasks.names=[builtin/relu]"])
+    task = get_task("builtin/relu", size_profile="cpu_small")
+    solution = builtin_solution(task.name, "cpu")
+    worker = seed_replay_worker(cfg, solution, "seed-replay-0")
+    pool = start_evaluator_pool(cfg.evaluator, name="eval-test-pool")
+    yield cfg, EvalActors([task], [worker], pool, owned=False), solution
+    ray.kill(worker)
+    ray.kill(pool)
+
+
+def _correct_speedups(lines) -> list[float]:
+    return [x["eval"]["speedup"] for x in lines if x["correct"]]
+
+
+def test_evaluate_replay_covers_correct_and_speedup_paths(replay, tmp_path):
+    from pipelines.evaluate import run_evaluation
+    cfg, actors, solution = replay
+    out = tmp_path / "ev"
+    run_evaluation(cfg, actors, str(out), 2, 2, step=0, log=lambda m: None, progress=False)
+    lines = _lines(out / "trajectories.jsonl")
+    # seed = tid * 101 + turn (run seed 0, step 0): even seeds answer the solution
+    pattern = {(x["trajectory_id"], x["turn"]): x["correct"] for x in lines}
+    assert pattern == {(0, 0): True, (0, 1): False, (1, 0): False, (1, 1): True}, [x["eval"] for x in lines]
+    assert all(x["eval"]["reason"] == "format" for x in lines if not x["correct"])
+    sp = {tid: max(x["eval"]["speedup"] for x in lines if x["trajectory_id"] == tid and x["correct"]) for tid in (0, 1)}
+    assert all(s > 0 for s in sp.values())
+    o = json.loads((out / "report.json").read_text())["overall"]
+    assert o["at_k"]["1"]["correct_avg"] == 1.0 and o["at_k"]["2"]["pass"] == 1.0
+    assert o["at_k"]["2"]["speedup_best"] == pytest.approx(max(sp.values()))
+    assert o["at_k"]["2"]["speedup_avg"] == pytest.approx(sum(sp.values()) / 2)
+    assert [t["correct"] for t in o["per_turn"]] == [0.5, 0.5] and o["per_turn"][1]["correct_so_far"] == 1.0
+    assert o["fast_p"]["0.0"] == 1.0 and o["rejections"] == {"format": 2}
+    index = json.loads((out / "best_kernels" / "index.json").read_text())
+    assert index["builtin/relu"]["speedup"] == pytest.approx(max(sp.values()))
+    assert solution in (out / "best_kernels" / "builtin__relu.py").read_text()
+
+
+def test_search_keeps_the_best_and_continues_their_histories(replay, tmp_path):
+    from pipelines.search import run_search
+    cfg, actors, _ = replay
+    out = tmp_path / "search"
+    result = run_search(cfg, actors, str(out), log=lambda m: None, progress=False)
+    lines = _lines(out / "trajectories.jsonl")
+    r0 = sorted((x for x in lines if x["round"] == 0), key=lambda x: x["slot"])
+    r1 = sorted((x for x in lines if x["round"] == 1), key=lambda x: x["slot"])
+    assert len(r0) == len(r1) == 4 and all(x["turn"] == 0 for x in r0) and all(x["turn"] == 1 for x in r1)
+    # round 0 (seed = slot * 101): even slots are correct; the two survivors are those, fastest first
+    assert [x["correct"] for x in r0] == [True, False, True, False]
+    outs = [(x["correct"], x["eval"]["speedup"] if x["correct"] else 0.0) for x in r0]
+    survivors = select_survivors(outs, 2)
+    assert sorted(survivors) == [0, 2]
+    assert [x["parent"] for x in r1] == [survivors[0]] * 2 + [survivors[1]] * 2
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rounds"][0]["kept_slots"] == [survivors]
+    for child in r1:                        # each copy's prompt carries its parent's kernel and feedback
+        parent = r0[child["parent"]]
+        assert parent["eval"]["feedback"].splitlines()[0] in child["prompt"]
+        assert parent["kernel"].splitlines()[-1] in child["prompt"]
+    # round 1 (seed = 10007 + slot * 101): odd slots are correct
+    assert [x["correct"] for x in r1] == [False, True, False, True]
+    best = max(_correct_speedups(lines))
+    assert rep["rounds"][1]["mean_best_speedup"] == pytest.approx(best)          # the best is never dropped
+    assert rep["rounds"][1]["mean_best_speedup"] >= rep["rounds"][0]["mean_best_speedup"]
+    o = rep["overall"]
+    assert o["trajectories_per_task"] == 4 and len(o["per_turn"]) == 2
+    assert o["at_k"]["4"]["speedup_best"] == pytest.approx(best) and o["at_k"]["4"]["correct_avg"] == 1.0
+    assert [len(r["turns"]) for r in result["records"]] == [2, 2, 2, 2]
+    assert "## per round" in (out / "report.md").read_text()
+
+
+def test_budget_splits_at_a_tiny_budget(replay, tmp_path):
+    from pipelines.evaluate import run_budget
+    cfg, actors, _ = replay
+    out = tmp_path / "budget"
+    rows = run_budget(cfg, actors, str(out), 2, [1, 2], log=lambda m: None, progress=False)
+    assert [(r["parallel"], r["serial"], r["kernels"]) for r in rows] == [(2, 1, 2), (1, 2, 2)]
+    # 2 x 1 (step 0): trajectory 0 correct, 1 not; 1 x 2 (step 1, seeds 10007, 10008): its second turn is correct
+    assert (rows[0]["correct_best"], rows[0]["correct_avg"]) == (1.0, 0.5)
+    assert (rows[1]["correct_best"], rows[1]["correct_avg"]) == (1.0, 1.0)
+    for r in rows:
+        rep = json.loads((out / f"split_{r['split']}" / "report.json").read_text())
+        assert r["speedup_best"] > 0
+        assert r["speedup_best"] == pytest.approx(rep["overall"]["at_k"][str(r["parallel"])]["speedup_best"])
+        assert len(_lines(out / f"split_{r['split']}" / "trajectories.jsonl")) == 2
+    assert json.loads((out / "budget.json").read_text()) == rows
+    assert (out / "budget.png").stat().st_size > 5000 and "| 2x1 |" in (out / "budget.md").read_text()
+
+
+def test_push_weights_names_a_checkpoint_that_does_not_fit(replay, tmp_path):
+    import ray
+    from pipelines.evaluate import push_weights
+    cfg, actors, _ = replay
+    bad = resolve_checkpoint(_tiny_checkpoint(tmp_path / "bad", cfg, version=5, bad_key=True))
+    with pytest.raises(RuntimeError, match="do not fit model.name_or_path=builtin:smollm2-135m.*not_a_parameter"):
+        push_weights(cfg, actors, bad)
+    good = resolve_checkpoint(_tiny_checkpoint(tmp_path / "good", cfg, version=6))
+    assert push_weights(cfg, actors, good) == 6 == actors.weight_version
+    assert ray.get(actors.workers[0].weight_version.remote(), timeout=60) == 6
