@@ -79,13 +79,14 @@ class FluxVelocity(nn.Module):
 class TinyDiT(nn.Module):
     """A plain transformer with the tiny Flux's interface, for machines without diffusers (benchmarks only)."""
 
-    def __init__(self, channels: int = 16, width: int = 32, layers: int = 3, heads: int = 2, text_dim: int = 32):
+    def __init__(self, channels: int = 16, width: int = 48, layers: int = 3, heads: int = 2, text_dim: int = 32):
         super().__init__()
         self.inp, self.out = nn.Linear(channels, width), nn.Linear(width, channels)
         self.txt, self.pooled = nn.Linear(text_dim, width), nn.Linear(text_dim, width)
         self.time = nn.Sequential(nn.Linear(32, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.TransformerEncoder(nn.TransformerEncoderLayer(width, heads, 4 * width, 0.0, batch_first=True,
-                                                                       norm_first=True), layers)
+                                                                       norm_first=True), layers,
+                                            enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, cond: dict) -> torch.Tensor:
         freqs = torch.exp(torch.arange(16, device=x.device) * (-math.log(1000.0) / 16))
