@@ -1,4 +1,4 @@
-"""Per-iteration time and model calls of DanceGRPO-style, MixGRPO, MixGRPO-Flash and Flash* on one system.
+"""Per-iteration time (median) and model calls of DanceGRPO-style, MixGRPO, MixGRPO-Flash and Flash* on one system.
 
 Each variant runs the full iteration (sampling, rewards, clipped-ratio update) for `--iters` iterations after one
 warm-up; progressive windows move every iteration (window_interval_iters=1) so the timings average over window
@@ -70,8 +70,9 @@ def run_variant(args, name: str) -> dict:
         m["wall_s"] = time.perf_counter() - t0
         ms.append(m)
     mean = lambda k: float(np.mean([m[k] for m in ms]))          # noqa: E731
-    return {"variant": name, "model": model_name, "iters": args.iters, "iteration_s": mean("wall_s"),
-            "sample_s": mean("time/sample_s"), "train_s": mean("time/train_s"), "nfe": mean("nfe"),
+    med = lambda k: float(np.median([m[k] for m in ms]))         # noqa: E731  (times: robust to a busy machine)
+    return {"variant": name, "model": model_name, "iters": args.iters, "iteration_s": med("wall_s"),
+            "sample_s": med("time/sample_s"), "train_s": med("time/train_s"), "nfe": mean("nfe"),
             "trained_steps": mean("trained_steps"), "model_rows": mean("model_rows"),
             "model_rows_unshared": mean("model_rows_unshared"),
             "prefix_saving": 1.0 - mean("model_rows") / mean("model_rows_unshared"), "reward_last": ms[-1]["reward"]}
@@ -85,14 +86,16 @@ def prefix_timing(args) -> dict:
     out = {}
     for share in (True, False):
         pipe.local.sample(win.plan(5), [0, 1], [1, 2], pipe.chunk_rows, share_prefix=share)    # warm-up
-        sync(args.device)
-        t0 = time.perf_counter()
-        for it in range(20):
-            idx, seeds = list(range(pipe.fc.prompts_per_iter)), list(range(pipe.fc.prompts_per_iter))
-            idx = [i % len(pipe.bundle.prompts) for i in idx]
-            pipe.local.sample(win.plan(it), idx, seeds, pipe.chunk_rows, share_prefix=share)
-        sync(args.device)
-        out["shared_s" if share else "unshared_s"] = (time.perf_counter() - t0) / 20
+        times = []
+        for rep in range(3):                                     # median of 3 sweeps over window starts 0..19
+            sync(args.device)
+            t0 = time.perf_counter()
+            for it in range(20):
+                idx = [i % len(pipe.bundle.prompts) for i in range(pipe.fc.prompts_per_iter)]
+                pipe.local.sample(win.plan(it), idx, list(range(len(idx))), pipe.chunk_rows, share_prefix=share)
+            sync(args.device)
+            times.append((time.perf_counter() - t0) / 20)
+        out["shared_s" if share else "unshared_s"] = float(np.median(times))
     out["speedup"] = out["unshared_s"] / out["shared_s"]
     return out
 
