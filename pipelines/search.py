@@ -1,16 +1,16 @@
 """Kevin's test-time beam search (KEVIN.md "Results to compare against"), per task:
 
-    N trajectories x T turns -> keep the K whose fastest correct kernel is best -> copy each N/K times -> repeat R rounds
+    N trajectories x T turns -> keep the K whose fastest correct kernel is best -> copy each N/K times -> R rounds
 
 A copy continues from its parent's whole history: the next round's first request carries the parent's TurnSample refs
 and the evaluator's feedback on each of them (a trajectory of round r starts at turn r*T). Rounds reuse
 `pipelines.kernel_grpo.run_trajectories` unchanged: the history prefix is prepended inside the request factory
 (`pipelines.evaluate.request_maker`), so every trajectory still advances as soon as its own evaluation returns.
 
-Selection (`select_survivors`, pure): a trajectory's outcome is rlcore.metrics.trajectory_outcome over its whole history
-(correct if any kernel is correct and rewarded; its speedup is its fastest correct kernel's, 0 if none). Rank by speedup,
-then correct before incorrect (a correct kernel with an unknown or zero speedup beats none), then by slot (lower first),
-so ties are deterministic. The best kernel found so far is always kept, so the final beams hold it.
+Selection (`select_survivors`, pure): a trajectory's outcome is rlcore.metrics.trajectory_outcome over its whole
+history (correct if any kernel is correct and rewarded; its speedup is its fastest correct kernel's, 0 if none). Rank by
+speedup, then correct before incorrect (a correct kernel with an unknown or zero speedup beats none), then by slot
+(lower first), so ties are deterministic. The best kernel found so far is always kept, so the final beams hold it.
 
     python launch.py search --config configs/eval_cpu.yaml search.beam_width=4 search.keep=2 search.rounds=2
     python -m pytest tests/test_evaluate.py -q -k search

@@ -202,6 +202,18 @@ def test_main_refuses_a_missing_checkpoint_before_starting(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err and not (tmp_path / "report.md").exists()
 
 
+def test_launch_wires_evaluate_and_search_and_refuses_bad_input(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for argv, msg in ((["evaluate", "--checkpoint", str(tmp_path / "nope")], "no such directory"),
+                      (["search", "search.keep=3"], "search.keep: 3 does not divide search.beam_width=4"),
+                      (["evaluate", "tasks.names=[no_such_task]"], "no tasks left")):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), argv[0], "--config", TINY, *argv[1:]],
+                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr, (argv, r.stderr[-2000:])
+
+
 # ------------------------------------------------------------------------------------------------ local Ray: replay
 def seed_replay_worker(cfg, solution: str, name: str):
     """A real RolloutWorker whose engine is SEED_REPLAY (test fixture): even sampling seed -> the known-good solution,
