@@ -8,9 +8,10 @@ for each of the G branches (the official code's way). A separate sampling-only t
 prefix on the same plans.
 
     python benchmarks/mixgrpo_bench.py                       # toy 2-D flow on CPU (~1 min)
-    python benchmarks/mixgrpo_bench.py --gpu                 # tiny random Flux transformer on one GPU (< 3 min)
+    python benchmarks/mixgrpo_bench.py --gpu                 # tiny random Flux transformer on one GPU (< 1 min)
+    python benchmarks/mixgrpo_bench.py --gpu --size medium   # 1024 tokens, compute-bound calls (< 2 min)
 
-Writes $OUT/mixgrpo_bench.json (default ./bench_out). On the GPU, without diffusers it falls back to TinyDiT (a
+Writes $OUT/mixgrpo_bench.json (--size medium: mixgrpo_bench_medium.json; default $OUT: ./bench_out). On the GPU, without diffusers it falls back to TinyDiT (a
 same-size transformer of this project) and says so in the JSON and the table.
 """
 from __future__ import annotations
@@ -49,10 +50,11 @@ def make_pipeline(args, overrides: list[str]):
     base = ["run.seed=0", "flow.window_interval_iters=1", f"flow.device={args.device}"]
     if args.gpu:
         from flowrl.flux import build_tiny_bundle
+        mb = ["flow.micro_batch_samples=16"] if args.size == "medium" else []
         cfg = load_config(None, base + ["flow.model=flux_tiny_random", "flow.reward_weights={latent: 1.0}",
-                                        "flow.lr=1e-4", "flow.clip_eps=1e-3"] + overrides)
-        bundle = build_tiny_bundle(args.device, allow_fallback=True, seed=0)
-        return MixGRPOPipeline(cfg, bundle=bundle), type(bundle.model).__name__
+                                        "flow.lr=1e-4", "flow.clip_eps=1e-3"] + mb + overrides)
+        bundle = build_tiny_bundle(args.device, allow_fallback=True, seed=0, size=args.size)
+        return MixGRPOPipeline(cfg, bundle=bundle), bundle.model.display_name
     cfg = load_config("configs/mixgrpo_toy.yaml", base + overrides)
     return MixGRPOPipeline(cfg), "ToyFlow"
 
@@ -104,6 +106,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpu", action="store_true", help="tiny random Flux transformer on cuda")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--size", choices=["tiny", "medium"], default="tiny",
+                    help="--gpu: tiny (94k params, 256 tokens) or medium (1024 tokens x 64 ch, width 256, 6 blocks)")
     args = ap.parse_args()
     args.device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
@@ -119,7 +123,9 @@ def main() -> int:
               "threads": torch.get_num_threads(), "variants": rows, "prefix_sampling": prefix}
     out_dir = os.environ.get("OUT", "bench_out")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "mixgrpo_bench.json" if args.gpu else "mixgrpo_bench_cpu.json")
+    path = os.path.join(out_dir, f"mixgrpo_bench_{args.size}.json" if args.gpu else "mixgrpo_bench_cpu.json")
+    if args.gpu and args.size == "tiny":
+        path = os.path.join(out_dir, "mixgrpo_bench.json")
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2)
     base = rows[0]["iteration_s"]

@@ -96,17 +96,30 @@ class TinyDiT(nn.Module):
         return self.out(self.blocks(h)[:, cond["txt"].shape[1]:])
 
 
-def build_transformer(allow_fallback: bool = False, **overrides) -> tuple[nn.Module, str]:
-    """A randomly initialized tiny Flux transformer (or TinyDiT without diffusers when allowed) and its name."""
+# A larger random Flux for GPU benchmarks: 1024 latent tokens of 64 channels (a 512 px image), 2+4 blocks, width 256,
+# so that model calls are compute-bound and sample-row savings show up as time.
+MEDIUM = dict(TINY, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=4,
+              joint_attention_dim=256, pooled_projection_dim=256, axes_dims_rope=(16, 24, 24))
+SIZES = {"tiny": (TINY, TINY_TOKENS_SIDE, TINY_TEXT_TOKENS), "medium": (MEDIUM, 32, 64)}
+
+
+def build_transformer(allow_fallback: bool = False, size: str = "tiny") -> tuple[nn.Module, str]:
+    """A randomly initialized Flux transformer (or a same-size TinyDiT without diffusers when allowed) and its name."""
+    cfg = SIZES[size][0]
     try:
         diffusers = _diffusers()
     except FluxUnavailable:
         if not allow_fallback:
             raise
-        return TinyDiT(channels=TINY["in_channels"], text_dim=TINY["joint_attention_dim"]), "TinyDiT (no diffusers)"
-    cfg = {**TINY, **overrides}
-    return diffusers.FluxTransformer2DModel(**cfg), f"FluxTransformer2DModel(random, {cfg['num_layers']}+" \
-                                                    f"{cfg['num_single_layers']} blocks)"
+        # Flux blocks carry ~2x the parameters of a plain encoder layer of the same width (adaLN, fused MLP, two
+        # streams): width 48 x 3 layers (tiny) and width 256 x 12 layers (medium) match the parameter counts.
+        width = 48 if size == "tiny" else cfg["attention_head_dim"] * cfg["num_attention_heads"]
+        layers = 3 if size == "tiny" else 2 * (cfg["num_layers"] + cfg["num_single_layers"])
+        return (TinyDiT(channels=cfg["in_channels"], width=width, layers=layers,
+                        heads=cfg["num_attention_heads"], text_dim=cfg["joint_attention_dim"]),
+                f"TinyDiT-{size} (diffusers missing)")
+    return diffusers.FluxTransformer2DModel(**cfg), f"FluxTransformer2DModel-{size} (random, " \
+                                                    f"{cfg['num_layers']}+{cfg['num_single_layers']} blocks)"
 
 
 def _text_cond(prompts: list, text_tokens: int, dim: int) -> dict:
@@ -119,17 +132,18 @@ def _text_cond(prompts: list, text_tokens: int, dim: int) -> dict:
     return {"txt": torch.stack(txt), "pooled": torch.stack(pooled)}
 
 
-def build_tiny_bundle(device: str, allow_fallback: bool = False, seed: int = 0) -> FlowBundle:
+def build_tiny_bundle(device: str, allow_fallback: bool = False, seed: int = 0, size: str = "tiny") -> FlowBundle:
+    cfg, side, text_tokens = SIZES[size]
     torch.manual_seed(seed)
-    transformer, _ = build_transformer(allow_fallback=allow_fallback)
-    model = (FluxVelocity(transformer, TINY_TOKENS_SIDE, TINY_TEXT_TOKENS, 3.5)
+    transformer, name = build_transformer(allow_fallback=allow_fallback, size=size)
+    model = (FluxVelocity(transformer, side, text_tokens, 3.5)
              if not isinstance(transformer, TinyDiT) else transformer).to(device)
-    shape = (TINY_TOKENS_SIDE * TINY_TOKENS_SIDE, TINY["in_channels"])
+    model.display_name = name
 
     def make_cond(prompts: list) -> dict:
-        return {k: v.to(device) for k, v in _text_cond(prompts, TINY_TEXT_TOKENS, TINY["joint_attention_dim"]).items()}
-    return FlowBundle(model=model, latent_shape=shape, prompts=list(BUILTIN_PROMPTS), make_cond=make_cond,
-                      decode=lambda x: x, device=device)
+        return {k: v.to(device) for k, v in _text_cond(prompts, text_tokens, cfg["joint_attention_dim"]).items()}
+    return FlowBundle(model=model, latent_shape=(side * side, cfg["in_channels"]), prompts=list(BUILTIN_PROMPTS),
+                      make_cond=make_cond, decode=lambda x: x, device=device)
 
 
 def _read_prompts(path: Optional[str]) -> list[str]:
