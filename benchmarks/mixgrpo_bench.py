@@ -77,7 +77,9 @@ def run_variant(args, name: str) -> dict:
             "sample_s": med("time/sample_s"), "train_s": med("time/train_s"), "nfe": mean("nfe"),
             "trained_steps": mean("trained_steps"), "model_rows": mean("model_rows"),
             "model_rows_unshared": mean("model_rows_unshared"),
-            "prefix_saving": 1.0 - mean("model_rows") / mean("model_rows_unshared"), "reward_last": ms[-1]["reward"]}
+            "prefix_saving": 1.0 - mean("model_rows") / mean("model_rows_unshared"), "reward_last": ms[-1]["reward"],
+            # |ratio - 1| before each iteration's first update (0 when rollout and training compute identically)
+            "ratio_dev_first_max": float(max(m["train/ratio_dev_first"] for m in ms))}
 
 
 @torch.no_grad()
@@ -117,7 +119,8 @@ def main() -> int:
     for name in VARIANTS:
         r = run_variant(args, name)
         rows.append(r)
-        print(f"  {name:20s} {r['iteration_s']*1e3:8.1f} ms/iter  nfe {r['nfe']:5.1f}", flush=True)
+        print(f"  {name:20s} {r['iteration_s']*1e3:8.1f} ms/iter  nfe {r['nfe']:5.1f}  "
+              f"|ratio-1| {r['ratio_dev_first_max']:.1e}", flush=True)
     prefix = prefix_timing(args)
     result = {"device": torch.cuda.get_device_name(0) if args.gpu else "cpu", "torch": torch.__version__,
               "threads": torch.get_num_threads(), "variants": rows, "prefix_sampling": prefix}

@@ -149,6 +149,8 @@ def test_tiny_flux_on_gpu_ratio_and_steps():
                              "flow.window_interval_iters=1"])
     pipe = MixGRPOPipeline(cfg)
     ms = train(pipe, 3)
-    assert ms[0]["train/ratio_dev_first"] < 1e-6
+    print("tiny Flux |ratio - 1| before the first update:", ms[0]["train/ratio_dev_first"])
+    # exact on CPU; on a GPU autograd may pick another attention kernel than the no-grad rollout did
+    assert ms[0]["train/ratio_dev_first"] < 1e-4
     assert ms[1]["window_start"] == 1 and ms[1]["model_rows"] < ms[1]["model_rows_unshared"]
     assert all(np.isfinite(m["reward"]) for m in ms)
