@@ -171,6 +171,17 @@ class EvaluatorConfig:
     compile_jobs: int = f(2, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process")
     timing_input_sets: int = f(3, "input sets rotated through timed calls (identity caches miss)")
     work_dir: Optional[str] = f(None, "parent of per-candidate temporary directories; None: the system temp dir")
+    warm_sandboxes: int = f(1, "sandbox processes pre-spawned per kind (torch already imported, limits applied; each "
+                               "serves one candidate, then exits) to hide start-up; 0: spawn on demand")
+    precision_downgrade: Literal["reward", "no_reward", "reject"] = f(
+        "no_reward", "candidate that downcasts a float32 task (static precision_downgrade): reward = judged by the "
+                     "tolerance and rewarded; no_reward = evaluated and reported, flagged, not rewarded; "
+                     "reject = rejected before compiling")
+    peak_memory_gb_per_s: float = f(0.0, "speed-of-light gate: memory bandwidth of the device (GB/s); a timing "
+                                         "faster than (input+output bytes)/bandwidth/sol_margin is flagged and not "
+                                         "rewarded; 0: per-backend default (cuda 3350 = H100 SXM HBM3; cpu: off, "
+                                         "CPU caches hold the inputs between timed calls)")
+    sol_margin: float = f(2.0, "speed-of-light gate slack (L2 absorbs writes; inputs partly unread by some tasks)")
 
 
 @dataclass
@@ -293,7 +304,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is Literal:
         allowed = typing.get_args(tp)
+        given = value
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+            value = {False: "off", True: "on"}[value]     # YAML 1.1 reads off/on/no/yes as booleans
         if value not in allowed:
+            value = given
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
         return value
     if origin in (typing.Union, types.UnionType):
@@ -420,6 +435,9 @@ def validate(cfg: Config) -> Config:
     positive("run.checkpoint_every_steps", cfg.run.checkpoint_every_steps, allow_zero=True)
     for key in ("placement.evaluator_headroom_gib", "placement.cuda_context_gib"):
         positive(key, getattr(cfg.placement, key.split(".")[1]), allow_zero=True)
+    for key in ("evaluator.warm_sandboxes", "evaluator.peak_memory_gb_per_s"):
+        positive(key, getattr(cfg.evaluator, key.split(".")[1]), allow_zero=True)
+    positive("evaluator.sol_margin", cfg.evaluator.sol_margin)
     if not 0.0 <= cfg.algo.gamma <= 1.0:
         raise ConfigError(f"algo.gamma: must be in [0, 1], got {cfg.algo.gamma}")
     if not 0.0 <= cfg.tasks.holdout_fraction < 1.0:
