@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from rlcore.losses import clipped_policy_loss, entropy_from_logits, token_logprobs
+from learners.logprobs import token_logprobs_entropy
+from rlcore.losses import clipped_policy_loss
 from rlcore.types import TrainSample, TurnSample
 
 
@@ -138,6 +139,13 @@ def collate(samples: Sequence[TrainSample], pad_id: int, device: torch.device | 
                  logits_to_keep=K + 1, start=start, resp_ranges=ranges)
 
 
+def model_inputs(batch: Batch) -> dict:
+    """Keyword arguments of the policy forward. No attention mask: sequences are right-padded, so under the causal
+    mask a real token never sees a pad, and positions are 0..T-1 either way; outputs at real positions are exactly the
+    masked ones. Without a mask, SDPA takes its flash kernel (is_causal) instead of the slower masked kernel."""
+    return {"input_ids": batch.input_ids, "logits_to_keep": batch.logits_to_keep, "use_cache": False}
+
+
 # ------------------------------------------------------------------------------------------------------ schedule
 def warmup_steps(total_optimizer_steps: int, warmup_ratio: float) -> int:
     return int(math.ceil(max(0.0, warmup_ratio) * max(0, total_optimizer_steps)))
@@ -203,23 +211,25 @@ class LearnerBackend:
         return 1.0
 
     def micro_batch_loss(self, mb: Batch, part_sequences: int, part_tokens: float):
-        """GRPO loss of one micro-batch (normalized by the part) and its metric sums."""
-        logits = self._logits(mb)[:, :-1]                                    # [B, K, V]
-        logp = token_logprobs(logits, mb.targets, self.temperature)          # [B, K]
+        """GRPO loss of one micro-batch (normalized by the part), its loss terms and its entropy sum (a tensor)."""
+        logits = self._logits(mb)                                            # [B, K+1, V]
+        logp, ent_tok = token_logprobs_entropy(logits, mb.targets, self.temperature)   # [B, K] x2
+        del logits                                                           # autograd keeps what backward needs
         logp_ref = None
         if self.algo.kl_coef > 0:
             ref = self._ref_logits(mb)
             if ref is None:
                 raise LearnerError("algo.kl_coef > 0 but no reference model is loaded")
-            logp_ref = token_logprobs(ref[:, :-1], mb.targets, self.temperature)   # [B, K]
+            with torch.no_grad():
+                logp_ref = token_logprobs_entropy(ref, mb.targets, self.temperature)[0]   # [B, K]
+            del ref
         out = clipped_policy_loss(logp, mb.old_logprobs, mb.advantages, mb.mask,
                                   self.algo.clip_eps_low, self.algo.clip_eps_high,
                                   normalization=self.algo.length_normalization,
                                   constant_length=self.constant_length, num_sequences=part_sequences,
                                   logp_ref=logp_ref, kl_coef=self.algo.kl_coef)
         loss = out.loss * self._part_loss_scale(mb, part_sequences, part_tokens)
-        with torch.no_grad():
-            ent = _masked_entropy_sum(logits, mb.mask, self.temperature)
+        ent = (ent_tok * mb.mask).sum()                                      # scalar tensor
         return loss, out, ent
 
     def train_batch(self, samples: Sequence[TrainSample], gradient_steps: int) -> dict:
@@ -257,7 +267,7 @@ class LearnerBackend:
         out: list[list[float]] = []
         for mb_samples in chunks(list(samples), self.lcfg.micro_batch_samples):
             mb = collate([_unpadded(s) for s in mb_samples], self.pad_id, self.device)
-            logp = token_logprobs(self._logits(mb)[:, :-1], mb.targets, self.temperature).float().cpu()   # [B, K]
+            logp = token_logprobs_entropy(self._logits(mb), mb.targets, self.temperature)[0].cpu()   # [B, K]
             out.extend(logp[b, a:e].tolist() for b, (a, e) in enumerate(mb.resp_ranges))
         self.train_mode(True)
         return out
@@ -265,16 +275,6 @@ class LearnerBackend:
 
 def _unpadded(s: TrainSample) -> TrainSample:
     return s if not s.meta.get("padding") else TrainSample(s.prompt_ids, s.response_ids, s.sampling_logprobs, 0.0)
-
-
-def _masked_entropy_sum(logits: torch.Tensor, mask: torch.Tensor, temperature: float, chunk: int = 512) -> float:
-    """Sum of per-token entropies over masked positions, in chunks of positions (a [B, K, V] fp32 softmax of a long
-    response would double the logits memory)."""
-    total = 0.0
-    for k in range(0, logits.shape[1], chunk):
-        e = entropy_from_logits(logits[:, k:k + chunk].detach(), temperature)   # [B, c]
-        total += float((e * mask[:, k:k + chunk]).sum())
-    return total
 
 
 class _MetricAcc:
@@ -292,7 +292,7 @@ class _MetricAcc:
         self.grad_norms: list[float] = []
         self.samples = 0
 
-    def add_micro(self, mb: Batch, loss: torch.Tensor, out, ent_sum: float) -> None:
+    def add_micro(self, mb: Batch, loss: torch.Tensor, out, ent_sum: torch.Tensor) -> None:
         n = float(mb.mask.sum())
         self.loss += float(loss.detach())
         self.samples += int(mb.input_ids.shape[0])
@@ -302,7 +302,7 @@ class _MetricAcc:
         self.clip += out.clip_fraction * n
         self.ratio += out.ratio_mean * n
         self.kl += out.kl * n
-        self.entropy += ent_sum
+        self.entropy += float(ent_sum)
         self.rmin = min(self.rmin, out.ratio_min)
         self.rmax = max(self.rmax, out.ratio_max)
 

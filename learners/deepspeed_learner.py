@@ -23,16 +23,20 @@ from typing import Optional
 
 import torch
 
-from learners.base import Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor
+from learners.base import (Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor,
+                           model_inputs)
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
 
 
-def deepspeed_config(cfg, world_size: int, with_optimizer: bool = True) -> dict:
-    """The DeepSpeed config dict for `cfg.learner` (no 'auto' values: everything resolved here)."""
+def deepspeed_config(cfg, world_size: int, with_optimizer: bool = True,
+                     zero_overrides: Optional[dict] = None) -> dict:
+    """The DeepSpeed config dict for `cfg.learner` (no 'auto' values: everything resolved here). `zero_overrides`
+    replace keys of zero_optimization (benchmarks compare settings with it)."""
     lc = cfg.learner
     zero: dict = {"stage": lc.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
                   "reduce_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5,
                   "stage3_prefetch_bucket_size": 5e7, "stage3_gather_16bit_weights_on_model_save": False}
+    zero.update(zero_overrides or {})
     if lc.offload_optimizer and with_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if lc.offload_params:
@@ -54,7 +58,8 @@ class DeepSpeedLearner(LearnerBackend):
     """GRPO learner on one rank of a DeepSpeed ZeRO group. `model` may be given (benchmarks: a random Qwen2 built by
     the caller under the right zero.Init context); else it is loaded from cfg.model with seed cfg.run.seed."""
 
-    def __init__(self, cfg, model_factory=None, pad_id: Optional[int] = None):
+    def __init__(self, cfg, model_factory=None, pad_id: Optional[int] = None, zero_overrides: Optional[dict] = None,
+                 leaf_layers: bool = False):
         import deepspeed  # lazy: GPU machines only
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -75,13 +80,15 @@ class DeepSpeedLearner(LearnerBackend):
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         self.device = torch.device("cuda", torch.cuda.current_device())
         deepspeed.init_distributed(dist_backend="nccl")
-        self.ds_config = deepspeed_config(cfg, self.world_size)
+        self.ds_config = deepspeed_config(cfg, self.world_size, zero_overrides=zero_overrides)
         # Keep the HfDeepSpeedConfig alive while models are built: transformers then builds them inside zero.Init.
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.learner.zero_stage == 3 else None
         build = model_factory or (lambda: _load_policy(cfg, self.device))
         model = build()
         if cfg.learner.gradient_checkpointing:
             enable_activation_checkpointing(model)
+        if leaf_layers and cfg.learner.zero_stage == 3:
+            _set_leaf_layers(model)
         optimizer = _make_optimizer(model, cfg, self.ds_config)
         warm = self.warmup
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -89,7 +96,7 @@ class DeepSpeedLearner(LearnerBackend):
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm)))
         self.ref_engine = None
         if cfg.algo.kl_coef > 0:
-            ref_cfg = deepspeed_config(cfg, self.world_size, with_optimizer=False)
+            ref_cfg = deepspeed_config(cfg, self.world_size, with_optimizer=False, zero_overrides=zero_overrides)
             ref = build()
             ref.eval()
             self.ref_engine = deepspeed.initialize(model=ref, config=ref_cfg)[0]
@@ -104,8 +111,7 @@ class DeepSpeedLearner(LearnerBackend):
 
     # hooks -------------------------------------------------------------------------------------------------
     def _forward(self, engine, batch: Batch) -> torch.Tensor:
-        out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     logits_to_keep=batch.logits_to_keep, use_cache=False)
+        out = engine(**model_inputs(batch))
         return out.logits                                                   # [B, K+1, V] bf16
 
     def _logits(self, batch: Batch) -> torch.Tensor:
@@ -180,6 +186,16 @@ def _load_policy(cfg, device: torch.device):
     # bf16 weights: DeepSpeed keeps the fp32 master copy inside its optimizer. The rank's own GPU as device: under
     # zero.Init the parameters are already partitioned there, and .to("cpu") would move only their placeholders.
     return load_model(_with_dtype(cfg.model, "bfloat16"), seed=cfg.run.seed, device=device)
+
+
+def _set_leaf_layers(model) -> None:
+    """ZeRO-3 fetches each decoder layer's parameters as one unit (hooks on the layer, not on each of its ~10
+    submodules): the model's `_no_split_modules` classes (transformers names its decoder layer there)."""
+    from deepspeed.utils import set_z3_leaf_modules
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = list({type(m) for m in model.modules() if type(m).__name__ in names})
+    if classes:
+        set_z3_leaf_modules(model, classes)
 
 
 def _make_optimizer(model, cfg, ds_config: dict):

@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from learners.base import Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor
+from learners.base import (Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor,
+                           model_inputs)
 
 
 def total_optimizer_steps(cfg) -> int:
@@ -68,8 +69,7 @@ class TorchLearner(LearnerBackend):
     # hooks -------------------------------------------------------------------------------------------------
     def _forward(self, model, batch: Batch) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        logits_to_keep=batch.logits_to_keep, use_cache=False)
+            out = model(**model_inputs(batch))
         return out.logits                                                   # [B, K+1, V]
 
     def _logits(self, batch: Batch) -> torch.Tensor:

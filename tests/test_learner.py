@@ -80,6 +80,54 @@ def test_split_even_and_warmup_schedule_by_hand():
     assert lr_factor(0, 0) == 1.0
 
 
+def test_fused_logprobs_match_the_reference_values_and_gradients(monkeypatch):
+    from learners import logprobs as L
+    from rlcore.losses import entropy_from_logits, token_logprobs
+    monkeypatch.setattr(L, "CHUNK_ELEMENTS", 3 * 50)                 # 3 rows per chunk: chunk edges are crossed
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 9, 50, generator=g) * 4).requires_grad_(True)    # [B, K+1, V]
+    targets = torch.randint(0, 50, (2, 8), generator=g)                       # [B, K]
+    w = torch.randn(2, 8, generator=g)
+    logp, ent = L.token_logprobs_entropy(logits, targets, 0.7)
+    assert logp.shape == ent.shape == (2, 8) and not ent.requires_grad
+    (logp * w).sum().backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    ref = token_logprobs(logits[:, :-1], targets, 0.7)
+    (ref * w).sum().backward()
+    assert torch.allclose(logp, ref, atol=1e-5)
+    assert torch.allclose(ent, entropy_from_logits(logits[:, :-1].detach(), 0.7), atol=1e-5)
+    assert torch.allclose(got, logits.grad, atol=1e-6) and torch.all(got[:, -1] == 0)
+    # by hand: uniform logits -> log-prob -log V, entropy log V, gradient (onehot - 1/V) / T
+    u = torch.zeros(1, 2, 4, requires_grad=True)
+    lp, en = L.token_logprobs_entropy(u, torch.tensor([[2]]), 0.5)
+    assert lp.item() == pytest.approx(-torch.log(torch.tensor(4.0)).item()) and en.item() == pytest.approx(1.3862944)
+    lp.sum().backward()
+    assert torch.allclose(u.grad[0, 0], torch.tensor([-0.5, -0.5, 1.5, -0.5])) and torch.all(u.grad[0, 1] == 0)
+    with pytest.raises(ValueError, match=r"\[B, K\+1, V\]"):
+        L.token_logprobs_entropy(logits[:, :-1], targets, 1.0)
+
+
+@pytest.mark.gpu
+def test_fused_logprobs_triton_matches_torch_path_on_gpu():
+    pytest.importorskip("triton")
+    from learners import logprobs as L
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for B, K, V, T in ((2, 129, 151936, 1.0), (3, 70, 5003, 0.7)):
+        logits = (torch.randn(B, K + 1, V, device="cuda", generator=g) * 3).bfloat16()
+        targets = torch.randint(0, V, (B, K), device="cuda", generator=g)
+        w = torch.randn(B, K, device="cuda", generator=g)
+        outs = []
+        for tri in (True, False):
+            x = logits.clone().requires_grad_(True)
+            lp, en = L._FusedLogprobs.apply(x, targets, T, tri)
+            (lp * w).sum().backward()
+            outs.append((lp, en, x.grad.float()))
+        for a, b in zip(outs[0], outs[1]):
+            assert float((a - b).norm() / b.norm()) < 1e-3
+        assert torch.all(outs[0][2][:, -1] == 0)
+
+
 # ----------------------------------------------------------------------------------------------------- torch backend
 def test_ratio_is_one_before_the_first_update():
     ln = learner()
