@@ -121,7 +121,7 @@ class EvaluatorPool:
         return res
 
     async def _evaluate(self, task: Any, candidate: Any, is_code: bool) -> EvalResult:
-        from kernel_eval.evaluate import _finish, _static
+        from kernel_eval.evaluate import _finish, _static, apply_static
         text = candidate if isinstance(candidate, str) else getattr(candidate, "text", "")
         res = EvalResult(task=task.name, backend=self.cfg.backend, size_profile=getattr(task, "size_profile", ""),
                          stage="format")
@@ -134,12 +134,8 @@ class EvaluatorPool:
                 res.reason = "format"
                 return _finish(res, parsed.error or "no code block found")
         res.stage = "static"
-        bad = _static(code, task, self.cfg.backend)
-        if bad and bad[0] == "precision_downgrade":
-            res.flags.append("precision_downgrade")
-        elif bad:
-            res.reason = bad[0]
-            return _finish(res, bad[1])
+        if apply_static(res, _static(code, task, self.cfg.backend), self.cfg):
+            return res
         res.stage = "compile"
         out = await self._on_worker("compile", lambda w: w.compile.remote(code),
                                     self.cfg.compile_timeout_s + _GRACE_S, task)

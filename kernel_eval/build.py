@@ -195,6 +195,7 @@ class BuildResult:
     keys: list = field(default_factory=list)  # [(key, so_name)] of every load_inline call
     compile_s: float = 0.0
     cache_hit: bool = False                   # no compile process was needed
+    cpu_s: float = 0.0                        # CPU seconds of the compile process and its compilers
 
 
 def _publish(out_dir: str, key: str, so: str, cache_dir: str) -> None:
@@ -228,29 +229,31 @@ def _so_of(cache_dir: str, key: str) -> Optional[str]:
 
 def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> BuildResult:
     """Compile every load_inline extension of `code` in a sandbox (or find them all in the cache)."""
-    from kernel_eval.sandbox import SandboxLimits, run_in_sandbox
+    from kernel_eval.sandbox import SandboxLimits, acquire_sandbox
     cache_dir = default_cache_dir(cfg.cache_dir)
     skey = source_key(code, backend, torch_version)
     keys = _cached_keys(cache_dir, skey)
     if keys is not None:
         return BuildResult(ok=True, keys=keys, cache_hit=True)
-    workdir = tempfile.mkdtemp(prefix="kev-build-")
-    out_dir = os.path.join(workdir, "out")
-    os.makedirs(out_dir)
     limits = SandboxLimits(wall_s=cfg.compile_timeout_s, memory_mb=cfg.memory_limit_mb, file_mb=4096, nproc=512,
                            isolate_network=cfg.isolate_network)
     jobs = str(max(1, cfg.compile_jobs))
+    sb = acquire_sandbox(limits, threads=1, extra_env={"MAX_JOBS": jobs}, warm=getattr(cfg, "warm_sandboxes", 0),
+                         parent_dir=getattr(cfg, "work_dir", None))
+    workdir = sb.workdir
+    out_dir = os.path.join(workdir, "out")
+    os.makedirs(out_dir)
     t0 = time.monotonic()
-    out = run_in_sandbox("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
-                                     "use_pch": cfg.precompiled_header},
-                         limits, threads=1, workdir=workdir, extra_env={"MAX_JOBS": jobs})
+    out = sb.run("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
+                             "use_pch": cfg.precompiled_header}, keep_workdir=True)
     secs = time.monotonic() - t0
+    cpu = out.cpu_s or 0.0
     try:
         err = out.last("compile_error")
         if err is not None:
-            return BuildResult(ok=False, reason="compile_error", log=err.get("log", ""), compile_s=secs)
+            return BuildResult(ok=False, reason="compile_error", log=err.get("log", ""), compile_s=secs, cpu_s=cpu)
         if out.timed_out:
-            return BuildResult(ok=False, reason="compile_timeout", compile_s=secs,
+            return BuildResult(ok=False, reason="compile_timeout", compile_s=secs, cpu_s=cpu,
                                log=f"compilation did not finish within {cfg.compile_timeout_s:.0f}s")
         keys = []
         for h, _ in out.frames:
@@ -260,12 +263,12 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
                 _publish(out_dir, h["key"], h["so"], cache_dir)
             so = _so_of(cache_dir, h["key"])
             if so is None:
-                return BuildResult(ok=False, reason="compile_error", compile_s=secs,
+                return BuildResult(ok=False, reason="compile_error", compile_s=secs, cpu_s=cpu,
                                    log=f"extension {h['key']} produced no shared library\n{out.stderr_tail}")
             keys.append([h["key"], so])
         if out.last("done") is None and not keys:
             tail = out.stderr_tail.strip().splitlines()[-15:]
-            return BuildResult(ok=False, reason="compile_error", compile_s=secs,
+            return BuildResult(ok=False, reason="compile_error", compile_s=secs, cpu_s=cpu,
                                log="the module failed while compiling:\n" + "\n".join(tail))
         if out.last("done") is not None:      # only a complete, successful import is cached by source
             os.makedirs(os.path.join(cache_dir, "sources"), exist_ok=True)
@@ -273,7 +276,7 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
             with open(tmp, "w") as fh:
                 json.dump({"keys": keys}, fh)
             os.replace(tmp, os.path.join(cache_dir, "sources", skey + ".json"))
-        return BuildResult(ok=True, keys=keys, compile_s=secs)
+        return BuildResult(ok=True, keys=keys, compile_s=secs, cpu_s=cpu)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -46,9 +46,28 @@ class Channel:
             view = view[n:]
 
 
+def _preload() -> None:
+    """Imports done before the request arrives (a pre-spawned process pays them while it waits)."""
+    import torch  # noqa: F401
+    import torch.utils.cpp_extension  # noqa: F401
+    import kernel_eval.build  # noqa: F401
+    try:
+        import kernel_eval.inputs  # noqa: F401
+    except ImportError:
+        pass
+
+
 def main() -> None:
-    req = json.loads(sys.stdin.readline())
+    t0 = time.monotonic()
+    _preload()
+    import_s = time.monotonic() - t0
+    line = sys.stdin.readline()
+    if not line.strip():                 # the parent went away (an idle pre-spawned process): nothing to do
+        os._exit(0)
+    waited_s = time.monotonic() - t0 - import_s
+    req = json.loads(line)
     chan = Channel(int(req["msg_fd"]))
+    chan.send({"type": "started", "import_s": import_s, "waited_s": waited_s})
     try:
         if req["mode"] == "compile":
             _compile(req, chan)
@@ -163,8 +182,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _poison(device: str) -> None:
-    """Fill freed memory with NaN bytes (0xFF: NaN in float16/bfloat16/float32/float64)."""
+def _poison(device: str, max_bytes: int = 16 << 20) -> None:
+    """Fill freed memory with NaN bytes (0xFF: NaN in float16/bfloat16/float32/float64). CPU: blocks of 64 B up to
+    `max_bytes` (rounded up to a power of two, at most 16 MiB), twice: heap chunks and mmap'd blocks."""
     import torch
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -179,7 +199,8 @@ def _poison(device: str) -> None:
         del held
         return
     held = []
-    for size in [1 << k for k in range(6, 25)] * 2:      # 64 B .. 16 MiB, twice: heap chunks and mmap'd blocks
+    top = min(24, max(16, (max(1, int(max_bytes)) - 1).bit_length()))
+    for size in [1 << k for k in range(6, top + 1)] * 2:
         held.append(torch.full((size,), 255, dtype=torch.uint8))
     del held
 
@@ -231,9 +252,10 @@ def _run(req: dict, chan: Channel) -> None:
     trials = [[_to(x, device) for x in _make_inputs(ref_mod, t["dist"], int(t["seed"]))] for t in req["trials"]]
     torch.manual_seed(int(req["init_seed"]))
     ref = ref_mod.Model(*init_inputs).to(device)
-    ref_modified = _reference_phase(ref, trials, device, chan)
+    ref_modified, out_bytes = _reference_phase(ref, trials, device, chan)
     gc.collect()
     _poison(device)
+    poison_bytes = 2 * out_bytes         # per call, the stale buffers that matter are the reference's outputs
 
     patch_for_run(req["ext_dir"])
     t0 = time.monotonic()
@@ -248,7 +270,7 @@ def _run(req: dict, chan: Channel) -> None:
                 with torch.no_grad():
                     ref(*_clone(inputs))                     # the reference runs between the two candidate calls
                 _sync(device)
-            _poison(device)
+            _poison(device, poison_bytes)
             x = _clone(inputs)
             with torch.no_grad():
                 out = _as_list(cand(*x))
@@ -258,8 +280,7 @@ def _run(req: dict, chan: Channel) -> None:
                 return
             fp_return = _fingerprint(out, device)
             _sync(device)
-            if not device.startswith("cuda"):
-                time.sleep(0.02)                             # a thread still writing would change the outputs
+            time.sleep(0.02)                                 # a host thread still writing would change the outputs
             if _fingerprint(out, device) != fp_return:
                 chan.send({"type": "verdict", "reason": "deferred_write",
                            "detail": "the outputs changed after the call returned (work still running)"})
@@ -284,10 +305,12 @@ def _run(req: dict, chan: Channel) -> None:
 
 def _reference_phase(ref: Any, trials: list, device: str, chan: Channel) -> list:
     """Send the reference's outputs (native and float64) for every trial; return per trial the input indices that
-    the reference modifies (their post-call values are sent too). Nothing of the outputs stays referenced here."""
+    the reference modifies (their post-call values are sent too), and the largest output's bytes. Nothing of the
+    outputs stays referenced here."""
     import copy
     import torch
     modified = []
+    out_bytes = 0
     ref64 = None
     try:
         ref64 = copy.deepcopy(ref).double()
@@ -296,10 +319,11 @@ def _reference_phase(ref: Any, trials: list, device: str, chan: Channel) -> list
     for i, inputs in enumerate(trials):
         x = _clone(inputs)
         with torch.no_grad():
-            out = _as_list(ref(*x))
+            out = _as_list(ref(*x)) if i else _first_reference_call(ref, x, chan)
         for j, o in enumerate(out):
             if not isinstance(o, torch.Tensor):
                 raise TypeError(f"the reference returned a {type(o).__name__}; only tensors are supported")
+            out_bytes = max(out_bytes, o.numel() * o.element_size())
             h, data = _tensor_frame(o)
             chan.send(dict(h, type="ref", trial=i, index=j, device=str(o.device)), data)
         mods = [j for j, (a, b) in enumerate(zip(x, inputs)) if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
@@ -319,7 +343,18 @@ def _reference_phase(ref: Any, trials: list, device: str, chan: Channel) -> list
             except Exception:
                 ref64 = None                      # some ops have no double kernel: judge against native only
     del ref64
-    return modified
+    return modified, out_bytes
+
+
+def _first_reference_call(ref: Any, x: list, chan: Channel) -> list:
+    """The reference on trial 0; sends the bytes it reads and writes (speed-of-light gate). FLOPs are not counted:
+    torch's FlopCounterMode costs ~3.5 s CPU on first use, and the reference's FLOPs bound nothing (a smarter
+    algorithm may need far fewer, e.g. diag(a) @ b)."""
+    import torch
+    out = _as_list(ref(*x))
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
+    chan.send({"type": "sizes", "input_bytes": nbytes(x), "output_bytes": nbytes(out)})
+    return out
 
 
 def _timing(ref: Any, cand: Any, trials: list, req: dict, device: str, chan: Channel) -> None:

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import statistics
-import tempfile
 import time
 from typing import Any, Optional
 
@@ -96,6 +95,7 @@ class RunJudge:
         self.verdict: Optional[tuple[str, str]] = None
         self.error: Optional[dict] = None
         self.timing: Optional[dict] = None
+        self.sizes: Optional[dict] = None
         self.correctness_done = False
         self.done = False
 
@@ -122,6 +122,8 @@ class RunJudge:
                 self.error = h
             elif kind == "timing":
                 self.timing = h
+            elif kind == "sizes" and self.sizes is None:       # sent before any candidate code is loaded
+                self.sizes = {k: h.get(k) for k in ("input_bytes", "output_bytes", "flops")}
             elif kind == "done":
                 self.done = True
             elif kind == "correctness_done":
@@ -171,6 +173,21 @@ def _static(code: str, task: Any, backend: str) -> Optional[tuple[str, str]]:
     return None if v.ok else (v.reason or "static", v.detail)
 
 
+def apply_static(res: EvalResult, bad: Optional[tuple[str, str]], cfg: Any) -> bool:
+    """Record a static verdict on `res`; True when the candidate is rejected here. precision_downgrade follows
+    cfg.precision_downgrade (module docstring); every other static reason rejects."""
+    if not bad:
+        return False
+    if bad[0] == "precision_downgrade":
+        policy = getattr(cfg, "precision_downgrade", "no_reward")
+        if policy != "reject":
+            res.flags.append("precision_downgrade")
+            return False
+    res.reason = bad[0]
+    _finish(res, bad[1])
+    return True
+
+
 def _finish(res: EvalResult, detail: str = "") -> EvalResult:
     res.detail = detail or res.detail
     res.feedback = make_feedback(res.stage, res.reason, res.detail, res.speedup, res.flags)
@@ -182,13 +199,8 @@ def evaluate_candidate(task: Any, code: str, cfg: Any, static: bool = True) -> E
     res = EvalResult(task=task.name, backend=cfg.backend, size_profile=getattr(task, "size_profile", ""),
                      stage="static")
     try:
-        if static:
-            bad = _static(code, task, cfg.backend)
-            if bad and bad[0] == "precision_downgrade":
-                res.flags.append("precision_downgrade")     # judged by the tolerance, recorded for review
-            elif bad:
-                res.reason = bad[0]
-                return _finish(res, bad[1])
+        if static and apply_static(res, _static(code, task, cfg.backend), cfg):
+            return res
         res.stage = "compile"
         build = compile_candidate(code, cfg.backend, cfg, _torch_version())
         res.compile_s, res.cache_hit = build.compile_s, build.cache_hit
@@ -206,11 +218,14 @@ def run_candidate(task: Any, code: str, keys: list, cfg: Any, res: EvalResult,
                   payload: Optional[dict] = None, device: Optional[str] = None) -> EvalResult:
     """The sandboxed run of an already compiled candidate. `payload` ({key: (so, bytes)}) when the build happened on
     another node; else the extensions are copied from the local cache."""
-    from kernel_eval.sandbox import SandboxLimits, run_in_sandbox
+    from kernel_eval.sandbox import SandboxLimits, acquire_sandbox
     res.stage = "run"
     device = device or ("cuda:0" if cfg.backend == "cuda" else "cpu")
-    workdir = tempfile.mkdtemp(prefix="kev-run-", dir=cfg.work_dir)
-    ext_dir = os.path.join(workdir, "ext")
+    limits = SandboxLimits(wall_s=cfg.run_timeout_s, memory_mb=None if device.startswith("cuda")
+                           else cfg.memory_limit_mb, isolate_network=cfg.isolate_network)
+    sb = acquire_sandbox(limits, threads=cfg.cpu_threads, warm=getattr(cfg, "warm_sandboxes", 0),
+                         parent_dir=cfg.work_dir)
+    ext_dir = os.path.join(sb.workdir, "ext")
     try:
         if payload is not None:
             install_payload(payload, ext_dir)
@@ -225,15 +240,15 @@ def run_candidate(task: Any, code: str, keys: list, cfg: Any, res: EvalResult,
             "timing": {"warmup": cfg.timing_warmup, "trials": cfg.timing_trials,
                        "input_sets": cfg.timing_input_sets},
         }
-        limits = SandboxLimits(wall_s=cfg.run_timeout_s, memory_mb=None if device.startswith("cuda")
-                               else cfg.memory_limit_mb, isolate_network=cfg.isolate_network)
         judge = RunJudge(device)
-        out = run_in_sandbox("run", request, limits, threads=cfg.cpu_threads, on_message=judge.on_message,
-                             workdir=workdir, keep_workdir=True)
+        out = sb.run("run", request, on_message=judge.on_message)
         res.run_s = out.wall_s
+        res.startup_s = out.startup_s or 0.0
         return _judge_run(res, judge, out, cfg)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not sb.used:
+            sb.discard()
+        shutil.rmtree(sb.workdir, ignore_errors=True)
 
 
 def _judge_run(res: EvalResult, judge: RunJudge, out: Any, cfg: Any) -> EvalResult:
@@ -265,8 +280,36 @@ def _judge_run(res: EvalResult, judge: RunJudge, out: Any, cfg: Any) -> EvalResu
         res.reason = "speedup_out_of_bounds"
         return _finish(res, f"measured speedup {res.speedup:.1f}x exceeds the bound {cfg.max_speedup:g}x; "
                             "held for review")
+    sol = speed_of_light_ms(judge.sizes, cfg)
+    if sol is not None and res.kernel_ms * cfg.sol_margin < sol:
+        res.flags.append("faster_than_hardware")
+        res.reason = "speedup_out_of_bounds"
+        return _finish(res, f"measured {res.kernel_ms:.4g} ms, but moving the inputs and outputs "
+                            f"({judge.sizes['input_bytes'] + judge.sizes['output_bytes']} bytes) takes at least "
+                            f"{sol:.4g} ms at {_peak_gbps(cfg):g} GB/s; held for review")
+    if "precision_downgrade" in res.flags and getattr(cfg, "precision_downgrade", "no_reward") == "no_reward":
+        res.reason = "precision_downgrade"
+        return _finish(res, "correct within tolerance, but it computes a float32 task in lower precision: "
+                            "flagged, not rewarded")
     res.rewarded = True
     return _finish(res)
+
+
+DEFAULT_PEAK_GB_PER_S = {"cuda": 3350.0, "cpu": 0.0}    # H100 SXM HBM3; CPU: gate off (module docstring)
+
+
+def _peak_gbps(cfg: Any) -> float:
+    return float(getattr(cfg, "peak_memory_gb_per_s", 0.0) or DEFAULT_PEAK_GB_PER_S.get(cfg.backend, 0.0))
+
+
+def speed_of_light_ms(sizes: Optional[dict], cfg: Any) -> Optional[float]:
+    """Lower bound on one call's time: reading the inputs and writing the outputs once at peak bandwidth (ms), or
+    None when the gate is off or sizes are unknown."""
+    peak = _peak_gbps(cfg)
+    if not sizes or peak <= 0:
+        return None
+    nbytes = int(sizes.get("input_bytes", 0)) + int(sizes.get("output_bytes", 0))
+    return nbytes / (peak * 1e9) * 1e3
 
 
 def _iqr(xs: list) -> float:

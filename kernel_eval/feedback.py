@@ -40,6 +40,10 @@ def make_feedback(stage: str, reason: Optional[str], detail: str = "", speedup: 
     if reason == "format":
         head = ("Your answer could not be parsed: it must end with one complete Python code block that defines "
                 "ModelNew.")
+    elif stage in ("timing", "done") and reason == "precision_downgrade":
+        head = (f"Your kernel produced the correct output (speedup {speedup or 0.0:.2f}x), but it computes a float32 "
+                "task in lower precision, which earns no reward.")
+        detail = ""
     elif stage == "static" or (stage == "format" and reason is not None):
         head = f"Your kernel was rejected before running ({reason}): {detail or 'it breaks the rules of the task.'}"
         detail = ""

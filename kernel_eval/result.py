@@ -35,7 +35,8 @@ class EvalResult:
     flags: list[str] = field(default_factory=list)
     rewarded: bool = False             # False: the candidate earns 0 whatever the rest says
     compile_s: float = 0.0             # wall seconds spent compiling (0 on a cache hit without a compile process)
-    run_s: float = 0.0                 # wall seconds of the sandboxed run (checks + timing)
+    run_s: float = 0.0                 # wall seconds of the sandboxed run (start-up + checks + timing)
+    startup_s: float = 0.0             # of run_s: request sent -> sandbox ready (~0 with a pre-spawned process)
     feedback: str = ""                 # the text the model sees on its next turn
     detail: str = ""                   # longer diagnostic (mismatch numbers, trimmed compiler log, message)
     cache_hit: bool = False            # every extension came from the build cache

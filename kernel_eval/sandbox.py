@@ -1,6 +1,7 @@
 """Process sandbox: run one untrusted step (compile or run a candidate) in a fresh, disposable Python process.
 
     outcome = run_in_sandbox("run", request, SandboxLimits(wall_s=60, memory_mb=8192), on_message=handler)
+    sb = acquire_sandbox(limits, warm=1); <put files under sb.workdir>; outcome = sb.run("run", request, handler)
 
 The child is `python -I -c "...kernel_eval.child.main()"`, spawned with subprocess (never forked from a parent that
 imported torch or initialized CUDA). The parent never imports candidate code. Parent and child speak a strict protocol:
@@ -8,6 +9,10 @@ the request is one JSON line on the child's stdin; the child answers on a dedica
 candidate may print to) with frames of one JSON header line, optionally followed by `nbytes` raw bytes (tensor data;
 never pickles, so the parent deserializes nothing executable). The parent may answer a frame with a JSON line on
 stdin (the run protocol asks "time?" after correctness was judged).
+
+Start-up: the child imports torch (and the evaluator's own modules) BEFORE it reads its request, so a WarmPool can
+spawn processes ahead of time and hide the ~1.5 s CPU of the torch import: `acquire_sandbox(..., warm=N)` hands out
+an already started process (each still serves exactly one request and is then killed) and spawns its replacement.
 
 Covered
 - Fresh process per call, own temporary directory (cwd, HOME, TMPDIR, TORCH_EXTENSIONS_DIR), removed afterwards.
@@ -34,6 +39,7 @@ Not covered (be honest)
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
@@ -44,6 +50,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -76,6 +83,9 @@ class SandboxOutcome:
     stdout_tail: str = ""
     network_isolated: bool = False
     protocol_error: Optional[str] = None
+    warm_s: float = 0.0          # how long the process had been up before it got its request (~0: spawned cold)
+    startup_s: Optional[float] = None   # request sent -> child ready ("started" frame): start-up on the critical path
+    cpu_s: Optional[float] = None       # CPU seconds of the child and the descendants it reaped (compilers)
 
     @property
     def signal_name(self) -> Optional[str]:
@@ -193,86 +203,231 @@ def _tail(path: str, n: int = 4000) -> str:
         return ""
 
 
+class Sandbox:
+    """One spawned sandbox process bound to its own fresh directory; serves exactly one request (`run`), then is
+    killed. Spawned cold by `Sandbox.spawn`, or ahead of time by a WarmPool (torch is then already imported)."""
+
+    def __init__(self, limits: SandboxLimits, threads: int, extra_env: Optional[dict], workdir: Optional[str],
+                 parent_dir: Optional[str] = None) -> None:
+        self.limits = limits
+        self.own_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="kev-", dir=parent_dir)
+        self.spawned_at = time.monotonic()
+        self.used = False
+        msg_r, msg_w = os.pipe()
+        flag_r, flag_w = os.pipe()
+        self.out_path, self.err_path = os.path.join(self.workdir, ".stdout"), os.path.join(self.workdir, ".stderr")
+        allow_user_ns = (limits.memory_mb is not None)        # user namespaces only for CPU runs (see docstring)
+        with open(self.out_path, "wb") as out_f, open(self.err_path, "wb") as err_f:
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _ENTRY], stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
+                    cwd=self.workdir, env=scrubbed_env(self.workdir, threads, extra_env), start_new_session=True,
+                    pass_fds=(msg_w, flag_w), close_fds=True,
+                    preexec_fn=_preexec(limits, _count_user_tasks(os.getuid()) if os.getuid() else 0, flag_w,
+                                        allow_user_ns))
+            except BaseException:
+                os.close(msg_r)
+                raise
+            finally:
+                os.close(msg_w)
+                os.close(flag_w)
+        self.msg_fd = msg_w                                   # the number the child sees (pass_fds keeps it)
+        self.msg_r = msg_r
+        self.network_isolated = os.read(flag_r, 1) == b"1"
+        os.close(flag_r)
+
+    @classmethod
+    def spawn(cls, limits: SandboxLimits, threads: int = 1, extra_env: Optional[dict] = None,
+              workdir: Optional[str] = None, parent_dir: Optional[str] = None) -> "Sandbox":
+        return cls(limits, threads, extra_env, workdir, parent_dir)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def discard(self) -> None:
+        """Kill an unused sandbox and remove its directory."""
+        _kill_group(self.proc)
+        try:
+            os.close(self.msg_r)
+        except OSError:
+            pass
+        if self.own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def run(self, mode: str, request: dict,
+            on_message: Optional[Callable[[dict, Optional[bytes]], Optional[dict]]] = None,
+            keep_workdir: bool = False) -> SandboxOutcome:
+        """Send the one request, exchange frames until the child ends or the wall clock runs out, kill the group."""
+        if self.used:
+            raise RuntimeError("a sandbox serves exactly one request")
+        self.used = True
+        limits, proc = self.limits, self.proc
+        t0 = time.monotonic()
+        reader = _FrameReader()
+        timed_out = False
+        startup_s: Optional[float] = None
+        try:
+            proc.stdin.write((json.dumps(dict(request, mode=mode, msg_fd=self.msg_fd)) + "\n").encode())
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+        deadline = t0 + limits.wall_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([self.msg_r], [], [], min(left, 1.0))
+            if not ready:
+                if proc.poll() is not None:
+                    # the child is gone; drain what is left (a grandchild may still hold the pipe: do not wait on it)
+                    ready, _, _ = select.select([self.msg_r], [], [], 0.05)
+                    if not ready:
+                        break
+                else:
+                    continue
+            data = os.read(self.msg_r, 1 << 20)
+            if not data:
+                break
+            for header, payload in reader.feed(data):
+                if header.get("type") == "started" and startup_s is None:
+                    startup_s = time.monotonic() - t0
+                reply = on_message(header, payload) if on_message else None
+                if reply is not None:
+                    try:
+                        proc.stdin.write((json.dumps(reply) + "\n").encode())
+                        proc.stdin.flush()
+                    except (BrokenPipeError, OSError):
+                        pass
+            if reader.error:
+                break
+        if not timed_out:           # it closed the pipe; it may linger (atexit hooks, a stuck thread): killed below
+            _reap(proc, max(0.1, min(5.0, deadline - time.monotonic())))
+        cpu_s = _kill_group(proc)
+        os.close(self.msg_r)
+        outcome = SandboxOutcome(returncode=proc.returncode, timed_out=timed_out, wall_s=time.monotonic() - t0,
+                                 frames=reader.frames, stderr_tail=_tail(self.err_path),
+                                 stdout_tail=_tail(self.out_path, 1000), network_isolated=self.network_isolated,
+                                 protocol_error=reader.error, warm_s=t0 - self.spawned_at,
+                                 startup_s=startup_s, cpu_s=cpu_s)
+        if self.own_dir and not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return outcome
+
+
+class WarmPool:
+    """Sandbox processes spawned ahead of time, per kind (limits, threads, environment): each imports torch and
+    blocks reading its one request, so a candidate does not wait for interpreter start-up and the torch import.
+
+    Every process is still spawned fresh (never forked from a process that imported torch or touched CUDA), applies
+    its limits before exec, serves ONE request and is killed; `acquire` hands out the oldest ready process and
+    spawns its replacement at once, so `size` processes per kind stay ready. A process that died while waiting is
+    discarded. Idle processes exit on their own when this process dies (their stdin closes). Thread-safe.
+    """
+
+    def __init__(self, size: int = 1, parent_dir: Optional[str] = None) -> None:
+        self.size = max(0, int(size))
+        self.parent_dir = parent_dir
+        self._ready: dict = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(limits: SandboxLimits, threads: int, extra_env: Optional[dict]) -> tuple:
+        return (tuple(sorted(vars(limits).items())), threads, tuple(sorted((extra_env or {}).items())))
+
+    def acquire(self, limits: SandboxLimits, threads: int = 1, extra_env: Optional[dict] = None) -> Sandbox:
+        key = self._key(limits, threads, extra_env)
+        got: Optional[Sandbox] = None
+        with self._lock:
+            queue = self._ready.setdefault(key, [])
+            while queue and got is None:
+                sb = queue.pop(0)
+                if sb.alive():
+                    got = sb
+                else:
+                    sb.discard()
+            if got is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            missing = self.size - len(queue)
+        if got is None:
+            got = Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir)
+        fresh = [Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir) for _ in range(missing)]
+        with self._lock:
+            self._ready.setdefault(key, []).extend(fresh)
+        return got
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, {}
+        for queue in ready.values():
+            for sb in queue:
+                sb.discard()
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def acquire_sandbox(limits: SandboxLimits, threads: int = 1, extra_env: Optional[dict] = None, warm: int = 0,
+                    parent_dir: Optional[str] = None) -> Sandbox:
+    """A sandbox for one request: from this process's WarmPool when `warm` > 0 (kept `warm` deep per kind),
+    else spawned now."""
+    if warm <= 0:
+        return Sandbox.spawn(limits, threads, extra_env, parent_dir=parent_dir)
+    with _POOLS_LOCK:
+        pool = _POOLS.get((warm, parent_dir))
+        if pool is None:
+            pool = _POOLS[(warm, parent_dir)] = WarmPool(warm, parent_dir)
+    return pool.acquire(limits, threads, extra_env)
+
+
+def close_warm_pools() -> None:
+    """Kill every idle pre-spawned sandbox of this process (also run at exit)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()
+
+
+atexit.register(close_warm_pools)
+
+
 def run_in_sandbox(mode: str, request: dict, limits: SandboxLimits, threads: int = 1,
                    on_message: Optional[Callable[[dict, Optional[bytes]], Optional[dict]]] = None,
                    workdir: Optional[str] = None, extra_env: Optional[dict] = None,
                    keep_workdir: bool = False) -> SandboxOutcome:
-    """Run kernel_eval.child in `mode` with `request`; `on_message(header, payload)` may return a reply (a dict
-    sent as one JSON line on the child's stdin). Never raises for anything the child does."""
-    own_dir = workdir is None
-    workdir = workdir or tempfile.mkdtemp(prefix="kev-")
-    msg_r, msg_w = os.pipe()
-    flag_r, flag_w = os.pipe()
-    out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
-    t0 = time.monotonic()
-    allow_user_ns = (limits.memory_mb is not None)        # user namespaces only for CPU runs (see docstring)
-    with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _ENTRY], stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
-                cwd=workdir, env=scrubbed_env(workdir, threads, extra_env), start_new_session=True,
-                pass_fds=(msg_w, flag_w), close_fds=True,
-                preexec_fn=_preexec(limits, _count_user_tasks(os.getuid()) if os.getuid() else 0, flag_w,
-                                    allow_user_ns))
-        finally:
-            os.close(msg_w)
-            os.close(flag_w)
-    net = os.read(flag_r, 1) == b"1"
-    os.close(flag_r)
-    reader = _FrameReader()
-    timed_out = False
-    try:
-        proc.stdin.write((json.dumps(dict(request, mode=mode, msg_fd=msg_w)) + "\n").encode())
-        proc.stdin.flush()
-    except (BrokenPipeError, OSError):
-        pass
-    deadline = t0 + limits.wall_s
-    eof = False
-    while not eof:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        ready, _, _ = select.select([msg_r], [], [], min(left, 1.0))
-        if not ready:
-            if proc.poll() is not None:
-                # the child is gone; drain what is left (a grandchild may still hold the pipe: do not wait on it)
-                ready, _, _ = select.select([msg_r], [], [], 0.05)
-                if not ready:
-                    break
-            else:
-                continue
-        data = os.read(msg_r, 1 << 20)
-        if not data:
-            eof = True
-            break
-        for header, payload in reader.feed(data):
-            reply = on_message(header, payload) if on_message else None
-            if reply is not None:
-                try:
-                    proc.stdin.write((json.dumps(reply) + "\n").encode())
-                    proc.stdin.flush()
-                except (BrokenPipeError, OSError):
-                    pass
-        if reader.error:
-            break
-    if not timed_out:
-        try:
-            proc.wait(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            pass               # closed the pipe but lingers (atexit hooks, a stuck thread): killed below
-    _kill_group(proc)
-    os.close(msg_r)
-    outcome = SandboxOutcome(returncode=proc.returncode, timed_out=timed_out, wall_s=time.monotonic() - t0,
-                             frames=reader.frames, stderr_tail=_tail(err_path), stdout_tail=_tail(out_path, 1000),
-                             network_isolated=net, protocol_error=reader.error)
-    if own_dir and not keep_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return outcome
+    """Run kernel_eval.child in `mode` with `request` in a process spawned now; `on_message(header, payload)` may
+    return a reply (a dict sent as one JSON line on the child's stdin). Never raises for anything the child does."""
+    return Sandbox.spawn(limits, threads, extra_env, workdir).run(mode, request, on_message, keep_workdir)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's whole process group (it is a session leader), then reap it."""
+def _reap(proc: subprocess.Popen, timeout_s: float) -> Optional[float]:
+    """Wait up to timeout_s for the child; when it is reaped here, return its CPU seconds (os.wait4 rusage,
+    including the descendants it reaped itself, e.g. a compiler under ninja)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.returncode is None:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:            # reaped elsewhere
+            proc.poll()
+            return None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc._sandbox_cpu_s = ru.ru_utime + ru.ru_stime
+            return proc._sandbox_cpu_s
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+    return getattr(proc, "_sandbox_cpu_s", None)
+
+
+def _kill_group(proc: subprocess.Popen) -> Optional[float]:
+    """SIGKILL the child's whole process group (it is a session leader), then reap it; its CPU seconds."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -281,7 +436,4 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.stdin.close()
     except OSError:
         pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+    return _reap(proc, 10.0)
