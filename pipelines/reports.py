@@ -110,7 +110,10 @@ def summarize(records: Sequence[dict]) -> dict:
 
 def to_markdown(summary: dict, title: str = "Evaluation") -> str:
     lines = [f"# {title}", ""]
-    for label, s in [("overall", summary["overall"])] + [(f"level {k}", v) for k, v in summary["levels"].items()]:
+    sections = [("overall", summary["overall"])]
+    if len(summary["levels"]) > 1:      # with one level, its table would repeat the overall one
+        sections += [(f"level {k}", v) for k, v in summary["levels"].items()]
+    for label, s in sections:
         if not s.get("tasks"):
             continue
         lines += [f"## {label}: {s['tasks']} tasks x {s['trajectories_per_task']} trajectories", "",
