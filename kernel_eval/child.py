@@ -4,9 +4,12 @@ Run protocol (the parent judges; this process only computes and reports facts):
 1. Build every trial's inputs from the parent's seeds (distributions "task", "normal", "mixed"), before any candidate
    code exists in this process.
 2. Reference outputs (native dtype, and float64 when the model runs in double) go to the parent over the protocol
-   pipe and are deleted here (plus gc), so the candidate cannot find them in Python objects.
-3. Freed memory is poisoned (NaN bytes): CPU by allocating and freeing NaN-filled blocks of many sizes, GPU by
-   re-allocating the caching allocator's inactive blocks and filling them, so an uninitialized output reads NaN.
+   pipe and are deleted here (plus gc), so the candidate cannot find them in Python objects. The bytes of trial 0's
+   inputs and outputs go too (the parent's speed-of-light gate), before any candidate code exists here.
+3. Freed memory is poisoned (NaN bytes): CPU by allocating and freeing NaN-filled blocks of many sizes (all sizes up
+   to 16 MiB once after the reference phase, then before each candidate call up to twice the largest output: the
+   stale buffers that matter are the reference's outputs), GPU by re-allocating the caching allocator's inactive
+   blocks and filling them, so an uninitialized output reads NaN.
 4. Per trial: candidate (fresh clone) -> reference (fresh clone, discarded) -> candidate again (fresh clone); each
    candidate output is checked for structure (exact torch.Tensor, materialized storage, no aliasing of inputs),
    fingerprinted at return and again after a full synchronize (deferred writes), and sent to the parent with the
@@ -14,6 +17,16 @@ Run protocol (the parent judges; this process only computes and reports facts):
 5. The parent replies "time" only if all of it was correct; then candidate and reference are timed interleaved in
    this process, rotating several input sets; GPU: L2 flush per trial, CUDA events around a device-wide
    synchronize (work on other streams counts). CPU: perf_counter with a fixed thread count.
+
+Start-up: torch and the evaluator's modules are imported BEFORE the request is read (kernel_eval.sandbox.WarmPool
+spawns processes ahead of time); an empty request line (the parent went away) ends the process quietly.
+
+CUDA notes: the device is the runner's `cuda:0` (CUDA_VISIBLE_DEVICES survives the scrubbed environment, so a Ray GPU
+runner's assignment holds); inputs are moved to it before the candidate exists; the L2 flush buffer is twice the
+device's L2 (H100: 2 x 50 MB) and is zeroed before every timed call; events are recorded on the current stream with a
+device-wide synchronize before the end event, so work on any stream counts; a host thread still writing is given
+20 ms after the synchronize before the outputs are fingerprinted again. A CUDA fault (illegal address) surfaces as
+an exception at the next synchronize and ends this process; nothing of its context survives.
 
 Limits: timing happens in the candidate's own process, so a candidate that patches timers could lie; the static
 checks reject such code (monkey_patching, introspection). Freed small CPU allocations that malloc keeps in its heap

@@ -46,6 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _fail(f"config error: {e}")
     if args.backend:
         cfg.backend = args.backend
+    cfg.warm_sandboxes = 0            # one candidate: a pre-spawned reserve would only be thrown away
     if not os.path.isfile(args.kernel):
         return _fail(f"kernel file not found: {args.kernel}")
     try:

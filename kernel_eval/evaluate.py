@@ -12,6 +12,18 @@ Tolerance (per dtype: float32 1e-4, half 1e-2, bfloat16 2e-2): |cand - ref64| <=
 + |ref - ref64| elementwise, i.e. judged against the output's scale and the float64 reference, with the native
 reference's own rounding error as slack, so an honest kernel that sums in another order is never rejected.
 
+Reward gates after a correct, timed run (each leaves `rewarded` False, names the reason and is listed in `flags`):
+- speedup above cfg.max_speedup -> "speedup_out_of_bounds".
+- speed of light: the kernel's median time is below (input bytes + output bytes) / peak bandwidth / cfg.sol_margin
+  (peak: cfg.peak_memory_gb_per_s, default 3350 GB/s on cuda = H100 SXM HBM3, off on cpu where the inputs stay in
+  the CPU caches between timed calls) -> reason "speedup_out_of_bounds", flag "faster_than_hardware". Bytes, not
+  the reference's FLOPs: a smarter algorithm may legitimately need far fewer FLOPs than the reference (diag(a) @ b),
+  but every input must be read and every output written. Inputs that a task never needs in full make this bound
+  loose only in the candidate's favour; writes absorbed by the L2 are covered by the margin (default 2).
+- precision_downgrade (static flag: a float32 task and half/bfloat16/tf32/autocast in the candidate), per
+  cfg.precision_downgrade: "no_reward" (default; KEVIN.md/EVALUATOR.md: flag it) evaluates and reports it, reason
+  "precision_downgrade", no reward; "reward" judges it by the tolerance alone; "reject" stops it before compiling.
+
     python -m pytest tests/test_evaluator.py -q
 """
 from __future__ import annotations
