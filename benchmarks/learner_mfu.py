@@ -40,9 +40,11 @@ CASES = {
     "torch": dict(backend="torch", gc=False, offload=False),
     "torch_gc": dict(backend="torch", gc=True, offload=False),
     # ZeRO settings compared on one GPU (the product default is ds_z3)
-    "ds_z3_persist": dict(backend="deepspeed", gc=False, offload=False,
-                          zero_overrides={"stage3_param_persistence_threshold": 10 ** 12}),
-    "ds_z3_leaf": dict(backend="deepspeed", gc=False, offload=False, leaf_layers=True),
+    "ds_z3_noleaf": dict(backend="deepspeed", gc=False, offload=False, leaf_layers=False),
+    "ds_z3_lp": dict(backend="deepspeed", gc=False, offload=False,
+                     zero_overrides={"stage3_param_persistence_threshold": 10 ** 12}),
+    "ds_z3_compile": dict(backend="deepspeed", gc=False, offload=False, compile_layers=True),
+    "torch_compile": dict(backend="torch", gc=False, offload=False, compile_layers=True),
     "ds_z2": dict(backend="deepspeed", gc=False, offload=False, zero_stage=2),
 }
 DEFAULT_CASES = ["ds_z3", "ds_z3_gc", "ds_z3_offload", "torch", "torch_gc"]
@@ -98,14 +100,15 @@ def _build(name: str, cfg, qcfg):
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         from learners.deepspeed_learner import DeepSpeedLearner
-        extra = {k: case[k] for k in ("zero_overrides", "leaf_layers") if case.get(k)}
+        extra = {k: case[k] for k in ("zero_overrides", "leaf_layers", "compile_layers") if k in case}
         learner = DeepSpeedLearner(cfg, model_factory=lambda: AutoModelForCausalLM.from_config(
             qcfg, dtype=torch.bfloat16, attn_implementation="sdpa"), pad_id=0, **extra)
         params = sum(getattr(p, "ds_numel", p.numel()) for p in learner.engine.module.parameters())
     else:
         from learners.torch_learner import TorchLearner
         model = AutoModelForCausalLM.from_config(qcfg, dtype=torch.float32, attn_implementation="sdpa")
-        learner = TorchLearner(cfg, device="cuda", model=model, pad_id=0)
+        learner = TorchLearner(cfg, device="cuda", model=model, pad_id=0,
+                               compile_layers=case.get("compile_layers", False))
         params = sum(p.numel() for p in learner.model.parameters())
     return learner, int(params)
 

@@ -83,6 +83,23 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def decoder_layers(model) -> list:
+    """The repeated decoder blocks: modules whose class the model lists in `_no_split_modules` (transformers names its
+    decoder layer there, e.g. Qwen2DecoderLayer)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer's forward (its norms, rotary, SiLU*up and residual adds fuse into a few
+    kernels; module hooks, e.g. ZeRO-3's, stay outside the compiled code). The first call per shape compiles (tens
+    of seconds); a second sequence length recompiles once with a dynamic length. Returns the number of layers."""
+    layers = decoder_layers(model)
+    for m in layers:
+        m.forward = torch.compile(m.forward)
+    return len(layers)
+
+
 def chunks(items: Sequence, size: int) -> list[list]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 

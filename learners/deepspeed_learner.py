@@ -23,8 +23,8 @@ from typing import Optional
 
 import torch
 
-from learners.base import (Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor,
-                           model_inputs)
+from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers, decoder_layers,
+                           enable_activation_checkpointing, lr_factor, model_inputs)
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
 
 
@@ -59,7 +59,7 @@ class DeepSpeedLearner(LearnerBackend):
     the caller under the right zero.Init context); else it is loaded from cfg.model with seed cfg.run.seed."""
 
     def __init__(self, cfg, model_factory=None, pad_id: Optional[int] = None, zero_overrides: Optional[dict] = None,
-                 leaf_layers: bool = False):
+                 leaf_layers: bool = True, compile_layers: bool = False):
         import deepspeed  # lazy: GPU machines only
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -89,6 +89,8 @@ class DeepSpeedLearner(LearnerBackend):
             enable_activation_checkpointing(model)
         if leaf_layers and cfg.learner.zero_stage == 3:
             _set_leaf_layers(model)
+        if compile_layers:
+            compile_decoder_layers(model)
         optimizer = _make_optimizer(model, cfg, self.ds_config)
         warm = self.warmup
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -189,11 +191,11 @@ def _load_policy(cfg, device: torch.device):
 
 
 def _set_leaf_layers(model) -> None:
-    """ZeRO-3 fetches each decoder layer's parameters as one unit (hooks on the layer, not on each of its ~10
-    submodules): the model's `_no_split_modules` classes (transformers names its decoder layer there)."""
+    """ZeRO-3 fetches each decoder layer's parameters as one unit: hooks on the layer instead of on each of its ~10
+    submodules. ZeRO-3's Python hooks, not the GPU, bound a step of a small model (profiled: benchmarks/README.md);
+    one layer's full parameters are live at a time, which is what ZeRO-3 prefetching holds anyway."""
     from deepspeed.utils import set_z3_leaf_modules
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    classes = list({type(m) for m in model.modules() if type(m).__name__ in names})
+    classes = list({type(m) for m in decoder_layers(model)})
     if classes:
         set_z3_leaf_modules(model, classes)
 

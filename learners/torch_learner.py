@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from learners.base import (Batch, LearnerBackend, LearnerError, enable_activation_checkpointing, lr_factor,
-                           model_inputs)
+from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers,
+                           enable_activation_checkpointing, lr_factor, model_inputs)
 
 
 def total_optimizer_steps(cfg) -> int:
@@ -34,7 +34,8 @@ class TorchLearner(LearnerBackend):
     from cfg.model with seed cfg.run.seed (the same seed the rollout engine uses, so a tiny random model matches).
     The reference model is loaded only when algo.kl_coef > 0 and is a frozen copy of the initial policy."""
 
-    def __init__(self, cfg, device: Optional[str] = None, model=None, pad_id: Optional[int] = None):
+    def __init__(self, cfg, device: Optional[str] = None, model=None, pad_id: Optional[int] = None,
+                 compile_layers: bool = False):
         if pad_id is None:
             from engines.models import load_tokenizer
             pad_id = pad_token_id(load_tokenizer(cfg.model))
@@ -54,6 +55,8 @@ class TorchLearner(LearnerBackend):
                 p.requires_grad_(False)
         if cfg.learner.gradient_checkpointing:
             enable_activation_checkpointing(self.model)
+        if compile_layers:
+            compile_decoder_layers(self.model)
         self.autocast_dtype = torch.bfloat16 if cfg.learner.precision == "bf16" else None
         self.export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                              "float16": torch.float16}[cfg.model.dtype]
