@@ -127,9 +127,17 @@ def _count_user_tasks(uid: int) -> int:
     return n
 
 
+try:                       # loaded here, not between fork and exec: dlopen in a forked child of a threaded parent
+    _LIBC = ctypes.CDLL(None, use_errno=True)       # (Ray workers, thread pools) can deadlock on the loader lock
+except OSError:
+    _LIBC = None
+
+
 def _unshare_net(allow_user_ns: bool) -> bool:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _LIBC
+        if libc is None:
+            return False
         if libc.unshare(CLONE_NEWNET) == 0:
             return True
         return allow_user_ns and libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
