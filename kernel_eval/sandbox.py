@@ -338,6 +338,7 @@ class WarmPool:
         self.size = max(0, int(size))
         self.parent_dir = parent_dir
         self._ready: dict = {}
+        self._pending: dict = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -360,12 +361,19 @@ class WarmPool:
                 self.misses += 1
             else:
                 self.hits += 1
-            missing = self.size - len(queue)
-        if got is None:
-            got = Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir)
-        fresh = [Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir) for _ in range(missing)]
-        with self._lock:
-            self._ready.setdefault(key, []).extend(fresh)
+            # concurrent callers must not each top the pool up: count the spawns already under way
+            missing = max(0, self.size - len(queue) - self._pending.get(key, 0))
+            self._pending[key] = self._pending.get(key, 0) + missing
+        fresh: list = []
+        try:
+            if got is None:
+                got = Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir)
+            for _ in range(missing):
+                fresh.append(Sandbox.spawn(limits, threads, extra_env, parent_dir=self.parent_dir))
+        finally:
+            with self._lock:
+                self._ready.setdefault(key, []).extend(fresh)
+                self._pending[key] -= missing
         return got
 
     def close(self) -> None:
