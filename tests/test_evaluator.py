@@ -169,7 +169,7 @@ def test_cache_and_prespawned_sandbox(relu_ok):
     r = evaluate_candidate(RELU_TASK, RELU_OK, cfg)
     assert r.correct and r.cache_hit and r.compile_s == 0.0
     time.sleep(1.0)
-    r2 = evaluate_candidate(RELU_TASK, RELU_OK + "\n# another comment\n", cfg)
+    r2 = evaluate_candidate(RELU_TASK, RELU_OK + f"\n# another comment {os.urandom(4).hex()}\n", cfg)
     assert r2.correct and not r2.cache_hit and r2.compile_s < 15.0, r2.compile_s
     assert 0.0 <= r2.startup_s < r2.run_s
     print(f"run stage {r2.run_s:.2f}s of which start-up {r2.startup_s:.2f}s; compile process {r2.compile_s:.2f}s")
