@@ -105,13 +105,15 @@ def run_kernel_grpo(cfg, rd: RunDir, stop, ctrl=None) -> None:
         if m is None:
             stopped = True
             break
+        # metrics line first, checkpoint right after: a kill in between resumes from the previous checkpoint and
+        # that step's line is dropped and redone (truncate_jsonl above), so nothing is lost or counted twice
         append_jsonl(rd.metrics, m)
-        actors.aggregator.publish.remote(m)
         print(progress_line(m, total), flush=True)
+        report(m, (every > 0 and controller.step % every == 0) or controller.step == total, controller.step)
+        actors.aggregator.publish.remote(m)
         plots.write_plots(rd)
         plots.write_summary(rd, cfg)
         wb.log(m)
-        report(m, (every > 0 and controller.step % every == 0) or controller.step == total, controller.step)
     plots.write_summary(rd, cfg)
     wb.finish()
     if stopped:

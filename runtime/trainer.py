@@ -164,14 +164,14 @@ def main(cfg, args) -> int:
         except (OSError, ConfigError) as e:
             print(f"config error: --resume {resume}: {e}", file=sys.stderr)
             return 2
-    else:
+    if not _fits(cfg):          # before anything starts or is written
+        return 2
+    if not resume:
         rd = run_dir_for(cfg)
         if os.path.isdir(rd.experiment):
             print(f"config error: run.name: {rd.root} already holds a run; resume it with --resume {rd.root} "
                   f"or choose another run.name", file=sys.stderr)
             return 2
-    if not _fits(cfg):
-        return 2
     rd.make()
     text = cfg.to_yaml()
     print(f"run directory: {rd.root}\n--- resolved config ---\n{text}-----------------------", flush=True)
@@ -206,6 +206,9 @@ def _init_ray(cfg) -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")      # our handler checkpoints first, then stops Tune
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune saves its experiment state (which lists the trial's checkpoints) at most this often; the default ("auto",
+    # >= 10 s) could lose the last checkpoint when the driver is killed. The state of one trial is a few kB.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     env = {"env_vars": {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")

@@ -64,3 +64,35 @@ def test_every_shipped_config_validates_and_plans_bundles():
     kevin = load_config(os.path.join(ROOT, "configs", "kevin_qwq32b.yaml"))
     assert (kevin.algo.tasks_per_step, kevin.algo.trajectories_per_task, kevin.algo.max_turns) == (8, 16, 4)
     assert sum(b.get("GPU", 0) for b in resource_bundles(kevin)) == 8
+
+
+# ------------------------------------------------------------------------------------------- resource planner check
+def _not_fitting(tmp_path) -> list[str]:
+    """tiny_test on a node the planner is told has 1 MiB of memory: the CPU-memory check must fail."""
+    return ["train", "--config", os.path.join(ROOT, "configs", "tiny_test.yaml"), f"run.output_dir={tmp_path}",
+            "placement.cpu_memory_gib=0.001"]
+
+
+def test_a_config_that_does_not_fit_exits_2_and_starts_nothing(tmp_path):
+    r = _launch(*_not_fitting(tmp_path), cwd=str(tmp_path))
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "will run out of memory" in r.stderr and "CPU memory" in r.stderr, r.stderr
+    assert "run.skip_fit_check=true" in r.stderr                 # the message says how to start anyway
+    assert os.listdir(tmp_path) == [], "a run directory was created"
+    assert "Started a local Ray" not in r.stdout + r.stderr
+
+
+def test_skip_fit_check_proceeds_past_the_check(tmp_path):
+    # an existing run of the same name stops start-up at the next check, so nothing heavy starts
+    os.makedirs(tmp_path / "tiny-test" / "tune")
+    r = _launch(*_not_fitting(tmp_path), "run.skip_fit_check=true", cwd=str(tmp_path))
+    assert r.returncode == 2
+    assert "starting anyway" in r.stderr                         # the planner's verdict is still shown
+    assert "already holds a run" in r.stderr                     # ... and start-up went on past it
+    assert "Started a local Ray" not in r.stdout + r.stderr
+
+
+def test_the_kevin_recipe_passes_the_planner_check():
+    from planner.cli import check_fits
+    report = check_fits(load_config(os.path.join(ROOT, "configs", "kevin_qwq32b.yaml")))
+    assert report.fits, report.message

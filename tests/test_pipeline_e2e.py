@@ -20,6 +20,7 @@ import ray
 
 from runtime.config import load_config
 from runtime.metrics import metric_names, read_jsonl
+from test_evaluator import TEST_CACHE          # one build cache shared by the test session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny_test.yaml")
@@ -56,27 +57,33 @@ class ReplayEngine:
 
 
 def replay_worker(cfg, solution: str, padding_chars: int = 0, name: str = "replay-0"):
+    from ray import cloudpickle
     from actors.rollout import RolloutWorker
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])     # Ray workers cannot import tests/ modules
 
     class ReplayRolloutWorker(RolloutWorker):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
+            self.set_padding(padding_chars)
+
+        def set_padding(self, chars: int) -> None:
+            """Answer with `chars` extra characters of text after the summary (the token ids stay the same)."""
             answer = f"```python\n{solution}\n```\nA C++ kernel replaces the operator."
-            self.engine = ReplayEngine(self.tokenizer, answer + " " + "x" * padding_chars, answer)
+            self.engine = ReplayEngine(self.tokenizer, answer + " " + "x" * chars, answer)
 
     return ray.remote(ReplayRolloutWorker).options(name=name, num_cpus=0, max_concurrency=256).remote(
         cfg.model, cfg.rollout, seed=0, name=name)
 
 
 def tiny_cfg(tmp_path, *overrides):
-    return load_config(TINY, [f"run.output_dir={tmp_path}", *overrides])
+    return load_config(TINY, [f"run.output_dir={tmp_path}", f"evaluator.cache_dir={TEST_CACHE}", *overrides])
 
 
 # ------------------------------------------------------------------------------------------- launch.py end to end
 def test_launch_train_two_steps_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="disabled")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "train", "--config", TINY,
-                        f"run.output_dir={tmp_path}"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                        f"run.output_dir={tmp_path}", f"evaluator.cache_dir={TEST_CACHE}"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                        timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rd = tmp_path / "tiny-test"
@@ -116,9 +123,10 @@ def pipeline_actors(ray_local, tmp_path_factory):
     task = get_task(_relu_name(), size_profile="cpu_small")
     solution = builtin_solution(task.name, "cpu")
     pool = start_evaluator_pool(cfg.evaluator, name="evaluator-pool-test")
+    worker = replay_worker(cfg, solution)              # starts while the learner loads
     learner = LearnerGroup(cfg, name="learner-test")
     agg = RewardAggregator.remote(cfg.algo, "replay", str(tmp / "trajectories.jsonl"), 120)
-    yield cfg, task, solution, pool, learner, agg, tmp
+    yield cfg, task, worker, pool, learner, agg, tmp
 
 
 def _relu_name() -> str:
@@ -132,8 +140,8 @@ def test_replay_rollout_covers_correct_and_speedup_path(pipeline_actors):
     from runtime.plots import write_plots
     from runtime.rundir import RunDir
     from runtime.metrics import append_jsonl
-    cfg, task, solution, pool, learner, agg, tmp = pipeline_actors
-    worker = replay_worker(cfg, solution)
+    cfg, task, worker, pool, learner, agg, tmp = pipeline_actors
+    ray.get(worker.set_padding.remote(0), timeout=60)
     ctl = KernelGRPO(cfg, [task], [worker], pool, learner, agg, RunDir(str(tmp)), progress=False)
     m = ctl.train_step()
     assert m["correct_per_turn"] == [1.0, 1.0], m["rejections"]
@@ -158,10 +166,10 @@ def test_replay_rollout_covers_correct_and_speedup_path(pipeline_actors):
 def test_controller_memory_does_not_grow_with_response_size(pipeline_actors):
     """The controller holds refs only: 8 responses of 2 MB each must not show up in its Python heap."""
     from pipelines.kernel_grpo import KernelGRPO, run_trajectories
-    cfg, task, solution, pool, learner, agg, tmp = pipeline_actors
+    cfg, task, worker, pool, learner, agg, tmp = pipeline_actors
     peaks = {}
     for size in (0, 2_000_000):
-        worker = replay_worker(cfg, solution, padding_chars=size, name=f"replay-mem-{size}")
+        ray.get(worker.set_padding.remote(size), timeout=60)
         make = KernelGRPO(cfg, [task], [worker], pool, learner, agg, None, progress=False).make_request(0)
         tracemalloc.start()
         trajs, _ = run_trajectories([task], 4, 2, [worker], pool, make, timeout_s=300, progress=False)
@@ -170,7 +178,6 @@ def test_controller_memory_does_not_grow_with_response_size(pipeline_actors):
         assert all(len(t.results) == 2 for t in trajs)
         payload = ray.get(trajs[0].refs[0], timeout=60)       # the payload really is that large (test side only)
         assert len(payload.text) >= size
-        ray.kill(worker)
     # 8 turns x 2 MB = 16 MB of payload; the controller's peak may differ by noise, not by payloads
     assert peaks[2_000_000] - peaks[0] < 1_000_000, peaks
 

@@ -17,6 +17,7 @@ import pytest
 from pipelines.kernel_grpo import TaskSampler
 from runtime.config import load_config
 from runtime.metrics import read_jsonl
+from test_evaluator import TEST_CACHE          # one build cache shared by the test session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny_test.yaml")
@@ -39,8 +40,8 @@ def test_task_sampler_state_round_trip():
 def test_sigkill_mid_step_then_resume(tmp_path):
     from kernel_eval.tasks import load_tasks
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="disabled")
-    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "train", "--config", TINY,
-           f"run.output_dir={tmp_path}", "run.total_steps=3", "run.name=killed"]
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "train", "--config", TINY, f"run.output_dir={tmp_path}",
+           "run.total_steps=3", "run.name=killed", f"evaluator.cache_dir={TEST_CACHE}"]
     rd = tmp_path / "killed"
     proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
@@ -76,7 +77,7 @@ def test_sigkill_mid_step_then_resume(tmp_path):
 def test_resuming_twice_from_one_checkpoint_gives_the_same_next_step(ray_local, tmp_path):
     from pipelines.kernel_grpo import KernelGRPO, build_actors
     from runtime.rundir import RunDir
-    cfg = load_config(TINY, [f"run.output_dir={tmp_path}", "run.name=twice"])
+    cfg = load_config(TINY, [f"run.output_dir={tmp_path}", "run.name=twice", f"evaluator.cache_dir={TEST_CACHE}"])
     rd = RunDir(str(tmp_path / "twice")).make()
     a = build_actors(cfg, rd)
     ctl = KernelGRPO(cfg, a.tasks, a.workers, a.pool, a.learner, a.aggregator, rd, progress=False)
@@ -89,3 +90,39 @@ def test_resuming_twice_from_one_checkpoint_gives_the_same_next_step(ray_local, 
     keys = ("step", "tasks", "weight_version", "reward", "rejections", "response_tokens_total", "loss")
     assert [{k: r.get(k) for k in keys} for r in runs][0] == [{k: r.get(k) for k in keys} for r in runs][1]
     assert runs[0]["step"] == 1
+
+
+def test_mixgrpo_runs_in_the_trainer_stops_on_sigint_and_resumes(tmp_path):
+    """run.pipeline=mixgrpo through launch.py: the same Tune trainable, a final checkpoint on SIGINT, and a resume that
+    continues at the next iteration (metrics lines 0..N-1 exactly once)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="disabled")
+    total = 400
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "train", "--config",
+           os.path.join(ROOT, "configs", "mixgrpo_toy.yaml"), f"run.output_dir={tmp_path}", "run.name=flow",
+           f"run.total_steps={total}", "run.checkpoint_every_steps=100", "ray.num_cpus=2", "ray.dashboard=false"]
+    rd = tmp_path / "flow"
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(read_jsonl(str(rd / "metrics.jsonl"))) < 5:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped after a final checkpoint at step" in out, out[-3000:]
+    stopped_at = len(read_jsonl(str(rd / "metrics.jsonl")))
+    assert 5 <= stopped_at < total, "the run was not stopped mid-way"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "train", "--resume", str(rd)],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resumed from checkpoint: next step {stopped_at}" in r.stdout + r.stderr
+    rows = read_jsonl(str(rd / "metrics.jsonl"))
+    assert [m["step"] for m in rows] == list(range(total))
+    assert rows[-1]["hit"] > rows[0]["hit"]                          # it learns (MIXGRPO.md: hit 0.45 -> ~0.99)
+    assert (rd / "plots" / "reward.png").stat().st_size > 1000
+    assert f"steps finished: {total} of {total}" in (rd / "summary.md").read_text()
