@@ -22,7 +22,9 @@ RELU_TASK = Task(name=_INLINE.name, level=_INLINE.level, source=_INLINE.source, 
 @pytest.fixture(scope="module")
 def pool(ray_local):
     from actors.evaluator import start_evaluator_pool
-    handle = start_evaluator_pool(make_cfg(num_runners=2, max_in_flight=8), name="test-evaluator-pool")
+    # a generous run limit: the deliberately slow candidate must not time out on a loaded machine
+    handle = start_evaluator_pool(make_cfg(num_runners=2, max_in_flight=8, run_timeout_s=150.0),
+                                  name="test-evaluator-pool")
     yield handle
     ray_local.kill(handle)
 
@@ -38,7 +40,7 @@ def test_many_in_flight_results_as_they_finish(pool, ray_local):
         assert ready, "no result within 10 minutes"
         order.append(ready[0])
     results = {i: ray.get(r, timeout=30) for i, r in enumerate(refs)}
-    assert results[0].correct and results[1].correct
+    assert results[0].correct and results[1].correct, (results[0].to_dict(), results[1].to_dict())
     assert not results[2].correct and results[2].reason == "torch_compute_in_forward"   # static rule, in the pool
     assert order[-1] == refs[0]                     # the slow one finishes last: results are not in submit order
     stats = ray.get(pool.stats.remote(), timeout=30)
