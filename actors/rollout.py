@@ -1,10 +1,15 @@
-"""RolloutWorker: an async Ray actor around one generation engine (engines/), batching concurrent requests.
+"""RolloutWorker: an async Ray actor around one generation engine (engines/), serving concurrent requests.
 
 The controller sends one `generate_turn` per trajectory turn, each as soon as that trajectory's previous kernel is
-evaluated (no barrier between turns). Requests that arrive within `rollout.batch_wait_ms` of each other (or until
-`rollout.max_concurrent_sequences` are waiting) go into one engine call; every engine call and every weight load runs
-on the actor's single engine thread, so a weight update lands between two batches, never inside one, and each
-TurnSample records the weight version its whole batch sampled under.
+evaluated (no barrier between turns), so requests arrive at different times. One engine thread
+(engines/driver.py's EngineDriver) serves them:
+  vllm  continuous batching: each request joins the running batch at the next engine step and returns as soon as it
+        is finished, whatever else is in flight (at most rollout.max_concurrent_sequences in flight; more queue).
+  hf    batches: when the engine becomes free, everything queued goes into the next call at once; only a request that
+        finds the engine idle waits rollout.batch_wait_ms for company. A request arriving during a call waits for it.
+update_weights / sleep / wake_up DRAIN: no new request starts, the ones in flight finish, then the call runs, so each
+TurnSample's weight_version is the version that sampled all of its tokens (an update waits for the longest request in
+flight).
 
 A turn's prompt is built here (pipelines/kernel_prompts.py) from the task source and the earlier turns: their
 TurnSamples are fetched from the object store by ref (with a timeout) and paired with the feedback strings the
@@ -12,7 +17,7 @@ controller sends along; the chain of thought is never fed back. The response is 
 kernel_eval.parse.parse_response (a minimal local parser stands in while that module is absent).
 
 While asleep (sleep(level)), requests queue and wait for wake_up; callers' own timeouts bound the wait.
-Limits: batches are static (a request arriving during an engine call waits for the next call), one engine per actor.
+Limits: one engine per actor; a cancelled request is aborted in the engine only on the streaming path.
 
     python -m pytest tests/test_rollout_worker.py -q
 """
@@ -22,11 +27,11 @@ import asyncio
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engines.base import Generation, SamplingParams, make_engine
+from engines.driver import EngineDriver
 from rlcore.types import TurnRecord, TurnSample
 
 log = logging.getLogger(__name__)
@@ -71,10 +76,11 @@ def parse_turn(text: str) -> tuple[Optional[str], str, str]:
 
 
 class RolloutWorker:
-    """Create with `start_rollout_worker` (a named, async Ray actor); the methods below are called with .remote()."""
+    """Create with `start_rollout_worker` (a named, async Ray actor); the methods below are called with .remote().
+    `hf_streaming`: the hf engine's cache-less streaming mode (tests of the continuous-batching path on CPU)."""
 
     def __init__(self, model_cfg, rollout_cfg, seed: int = 0, name: str = "rollout-0",
-                 get_timeout_s: float = 900.0, device: Optional[str] = None):
+                 get_timeout_s: float = 900.0, device: Optional[str] = None, hf_streaming: bool = False):
         from ray.util import metrics
         from engines.models import load_tokenizer
         self.name = name
@@ -85,83 +91,40 @@ class RolloutWorker:
         except Exception as e:      # raw `generate` (token ids) works without one; generate_turn does not
             log.warning("%s: no tokenizer, generate_turn is unavailable: %s", name, e)
             self.tokenizer = None
-        self.engine = make_engine(model_cfg, rollout_cfg, seed=seed, device=device)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._queue: Optional[asyncio.Queue] = None
-        self._awake: Optional[asyncio.Event] = None
-        self._batcher: Optional[asyncio.Task] = None
-        self._stats: dict[str, Any] = dict(tokens_generated=0, sequences=0, engine_calls=0, busy_s=0.0,
-                                           batch_sizes=[], prompts_over_budget=0, dropped_turns=0,
-                                           failed_requests=0, weight_updates=0, weight_update_s=0.0)
+        self._engine = make_engine(model_cfg, rollout_cfg, seed=seed, device=device, hf_streaming=hf_streaming)
+        self._stats: dict[str, Any] = dict(prompts_over_budget=0, dropped_turns=0, weight_updates=0,
+                                           weight_update_s=0.0)
         tags = {"worker": name}
-        self._m_tok_s = metrics.Gauge("rollout_tokens_per_s", "tokens/s of the last engine call", tag_keys=("worker",))
-        self._m_batch = metrics.Histogram("rollout_batch_size", "sequences per engine call", boundaries=BATCH_BUCKETS,
-                                          tag_keys=("worker",))
-        self._m_queue = metrics.Gauge("rollout_queue_depth", "requests waiting for an engine call",
+        self._m_tok_s = metrics.Gauge("rollout_tokens_per_s", "tokens/s of the last engine call or step",
+                                      tag_keys=("worker",))
+        self._m_batch = metrics.Histogram("rollout_batch_size", "sequences per engine call or in flight per step",
+                                          boundaries=BATCH_BUCKETS, tag_keys=("worker",))
+        self._m_queue = metrics.Gauge("rollout_queue_depth", "requests waiting to enter the engine",
                                       tag_keys=("worker",))
         for m in (self._m_tok_s, self._m_batch, self._m_queue):
             m.set_default_tags(tags)
+        self._driver = EngineDriver(lambda: self._engine, max_in_flight=rollout_cfg.max_concurrent_sequences,
+                                    batch_wait_s=rollout_cfg.batch_wait_ms / 1000.0, name=name,
+                                    on_tokens=self._on_tokens, on_queue=self._m_queue.set)
+
+    @property
+    def engine(self):
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine) -> None:
+        """Swap the engine (between requests; the driver picks it up on its next iteration)."""
+        self._engine = engine
+
+    def _on_tokens(self, n_tokens: int, seconds: float, batch_size: int) -> None:
+        self._m_tok_s.set(n_tokens / max(seconds, 1e-9))
+        self._m_batch.observe(batch_size)
 
     def __repr__(self) -> str:
-        return f"RolloutWorker({self.name}, {self.engine!r})"
-
-    # ---------------------------------------------------------------------------------------------- batching
-    def _ensure_batcher(self) -> None:
-        if self._batcher is None:
-            self._queue = asyncio.Queue()
-            self._awake = asyncio.Event()
-            self._awake.set()
-            self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
+        return f"RolloutWorker({self.name}, {self._engine!r})"
 
     async def _submit(self, prompt_ids: list[int], params: SamplingParams) -> tuple[Generation, int]:
-        self._ensure_batcher()
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((prompt_ids, params, fut))
-        self._m_queue.set(self._queue.qsize())
-        return await fut
-
-    async def _batch_loop(self) -> None:
-        cap = self.rollout_cfg.max_concurrent_sequences
-        wait_s = self.rollout_cfg.batch_wait_ms / 1000.0
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + wait_s
-            while len(batch) < cap:
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time())))
-                except asyncio.TimeoutError:
-                    break
-            while len(batch) < cap and not self._queue.empty():     # whatever arrived meanwhile
-                batch.append(self._queue.get_nowait())
-            self._m_queue.set(self._queue.qsize())
-            await self._awake.wait()
-            try:
-                gens, version, dt = await loop.run_in_executor(self._thread, self._run_batch, batch)
-            except Exception as e:            # the requests fail, the worker keeps serving
-                log.exception("%s: engine call of %d sequences failed", self.name, len(batch))
-                self._stats["failed_requests"] += len(batch)
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            n_tok = sum(len(g.token_ids) for g in gens)
-            self._stats["tokens_generated"] += n_tok
-            self._stats["sequences"] += len(batch)
-            self._stats["engine_calls"] += 1
-            self._stats["busy_s"] += dt
-            self._stats["batch_sizes"].append(len(batch))
-            self._m_tok_s.set(n_tok / max(dt, 1e-9))
-            self._m_batch.observe(len(batch))
-            for (_, _, fut), g in zip(batch, gens):
-                if not fut.done():
-                    fut.set_result((g, version))
-
-    def _run_batch(self, batch) -> tuple[list[Generation], int, float]:
-        t = time.perf_counter()
-        version = self.engine.weight_version
-        gens = self.engine.generate_each([b[0] for b in batch], [b[1] for b in batch])
-        return gens, version, time.perf_counter() - t
+        return await self._driver.generate(prompt_ids, params)
 
     # ---------------------------------------------------------------------------------------------- API
     async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -203,7 +166,8 @@ class RolloutWorker:
 
     async def update_weights(self, state_or_ref: Any, version: int) -> int:
         """Load a state dict of CPU tensors (or an ObjectRef to one, or [ref] so Ray does not resolve it in the
-        caller's argument list) in place, between two batches; afterwards samples carry `version`."""
+        caller's argument list) in place. Drains first: no new request starts, the ones in flight finish under the
+        old weights (and carry the old version), then the weights load; later requests carry `version`."""
         import ray
         if isinstance(state_or_ref, list) and len(state_or_ref) == 1 and isinstance(state_or_ref[0], ray.ObjectRef):
             state_or_ref = state_or_ref[0]
@@ -212,35 +176,45 @@ class RolloutWorker:
         if not isinstance(state_or_ref, dict):
             raise TypeError(f"{self.name}.update_weights: expected a state dict or an ObjectRef to one, "
                             f"got {type(state_or_ref).__name__}")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._load, state_or_ref, version)
+        return await self._driver.call(self._load, state_or_ref, version)
 
     def _load(self, state: dict, version: int) -> int:
         t = time.perf_counter()
-        self.engine.load_weights(state)
-        self.engine.weight_version = int(version)
+        self._engine.load_weights(state)
+        self._engine.weight_version = int(version)
         self._stats["weight_updates"] += 1
         self._stats["weight_update_s"] += time.perf_counter() - t
-        return self.engine.weight_version
+        return self._engine.weight_version
+
+    def _sleep(self, level: int) -> None:
+        self._engine.sleep(level)
+        self._driver.asleep = True
+
+    def _wake(self) -> None:
+        self._engine.wake_up()
+        self._driver.asleep = False
 
     async def sleep(self, level: int = 1) -> None:
-        """Requests queue from now on; the engine frees its accelerator memory once the current batch is done."""
-        self._ensure_batcher()
-        self._awake.clear()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.sleep, level)
+        """From now on no request starts; the ones in flight finish, then the engine frees its accelerator memory.
+        Requests queue until wake_up (callers' own timeouts bound the wait)."""
+        await self._driver.call(self._sleep, level)
 
     async def wake_up(self) -> None:
-        self._ensure_batcher()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.wake_up)
-        self._awake.set()
+        await self._driver.call(self._wake)
 
     async def stats(self) -> dict:
+        d = self._driver.stats
         s = dict(self._stats)
-        sizes = s.pop("batch_sizes")
-        s.update(name=self.name, weight_version=self.engine.weight_version,
-                 tokens_per_s=s["tokens_generated"] / s["busy_s"] if s["busy_s"] else 0.0,
-                 batch_size_mean=sum(sizes) / len(sizes) if sizes else 0.0, batch_size_max=max(sizes, default=0),
-                 queue_depth=self._queue.qsize() if self._queue else 0,
-                 asleep=bool(self._awake is not None and not self._awake.is_set()))
+        s.update(name=self.name, weight_version=self._engine.weight_version,
+                 streaming=bool(getattr(self._engine, "supports_streaming", False)),
+                 tokens_generated=d.tokens_generated, sequences=d.sequences, engine_calls=d.engine_calls,
+                 busy_s=d.busy_s, failed_requests=d.failed_requests, drains=d.drains,
+                 tokens_per_s=d.tokens_generated / d.busy_s if d.busy_s else 0.0,
+                 batch_size_mean=d.batch_size_sum / d.engine_calls if d.engine_calls else 0.0,
+                 batch_size_max=d.batch_size_max,
+                 queue_wait_s_mean=d.queue_wait_s_sum / d.sequences if d.sequences else 0.0,
+                 queue_wait_s_max=d.queue_wait_s_max, queue_depth=self._driver.queue_depth(),
+                 in_flight=self._driver.in_flight(), asleep=self._driver.asleep)
         return s
 
     async def weight_version(self) -> int:
@@ -248,11 +222,12 @@ class RolloutWorker:
 
 
 def start_rollout_worker(model_cfg, rollout_cfg, seed: int = 0, index: int = 0, get_timeout_s: float = 900.0,
-                         name: Optional[str] = None):
+                         name: Optional[str] = None, hf_streaming: bool = False):
     """A named RolloutWorker actor ("rollout-<index>") with the resources of rollout_cfg."""
     import ray
     name = name or f"rollout-{index}"
     actor = ray.remote(RolloutWorker).options(
         name=name, num_cpus=rollout_cfg.cpus_per_worker, num_gpus=rollout_cfg.gpus_per_worker,
         max_concurrency=4096, max_restarts=0)
-    return actor.remote(model_cfg, rollout_cfg, seed=seed, name=name, get_timeout_s=get_timeout_s)
+    return actor.remote(model_cfg, rollout_cfg, seed=seed, name=name, get_timeout_s=get_timeout_s,
+                        hf_streaming=hf_streaming)

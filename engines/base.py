@@ -56,9 +56,19 @@ class Generation:
 
 class Engine(abc.ABC):
     """One model behind generate / load_weights / sleep / wake_up. Not thread-safe: one caller at a time
-    (the RolloutWorker serializes engine calls on one thread)."""
+    (engines/driver.py's EngineDriver calls an engine from one thread only).
+
+    Two ways to generate:
+      batch      `generate_each(prompts, params)` runs a whole batch to completion (every engine).
+      streaming  engines with `supports_streaming` also take requests one at a time: `start_request` adds a request
+                 to the running batch, each `step` advances every request in flight by one engine iteration and
+                 returns the ones that finished. This is continuous batching: a request that arrives while others
+                 are decoding joins at the next step instead of waiting for the whole batch. `load_weights`, `sleep`
+                 and `generate_each` must only be called with nothing in flight (the driver drains first).
+    """
 
     weight_version: int = 0
+    supports_streaming: bool = False
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """One generation per prompt; prompt i samples with seed params.seed + i (when a seed is given)."""
@@ -67,6 +77,24 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate_each(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
         """Like `generate`, with one SamplingParams per prompt (how the RolloutWorker batches separate requests)."""
+
+    # ------------------------------------------------------------------ streaming (engines with supports_streaming)
+    def start_request(self, prompt: list[int], params: SamplingParams) -> str:
+        """Add one request to the running batch; returns its handle (unique per engine). Raises on a bad request
+        (nothing is added then)."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream; use generate_each")
+
+    def step(self) -> list[tuple[str, Generation]]:
+        """Advance every request in flight by one engine iteration; (handle, Generation) of those that finished."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream; use generate_each")
+
+    def abort(self, handles: list[str]) -> None:
+        """Drop requests in flight (unknown or finished handles are ignored); they are never returned by `step`."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    def num_in_flight(self) -> int:
+        """Requests started and neither returned by `step` nor aborted."""
+        return 0
 
     @abc.abstractmethod
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
@@ -82,12 +110,16 @@ class Engine(abc.ABC):
         """Release the model (the engine is unusable afterwards)."""
 
 
-def make_engine(model_cfg, rollout_cfg, seed: int = 0, device: Optional[str] = None) -> Engine:
+def make_engine(model_cfg, rollout_cfg, seed: int = 0, device: Optional[str] = None,
+                hf_streaming: bool = False) -> Engine:
     """The engine that `rollout_cfg.engine` names. `seed` seeds tiny random weights (same seed as the learner's, so
-    both start from the same model). `device`: hf only; default cuda when available, else cpu."""
+    both start from the same model). `device`, `hf_streaming`: hf only; device defaults to cuda when available, else
+    cpu; hf_streaming turns on the hf engine's cache-less streaming mode (see engines/hf_engine.py: for tests of the
+    continuous-batching path on CPU, not for training)."""
     if rollout_cfg.engine == "hf":
         from engines.hf_engine import HFEngine
-        return HFEngine(model_cfg, seed=seed, device=device, max_batch_sequences=rollout_cfg.max_concurrent_sequences)
+        return HFEngine(model_cfg, seed=seed, device=device, max_batch_sequences=rollout_cfg.max_concurrent_sequences,
+                        streaming=hf_streaming)
     if rollout_cfg.engine == "vllm":
         from engines.vllm_engine import VLLMEngine
         return VLLMEngine(model_cfg, rollout_cfg, seed=seed)

@@ -8,14 +8,22 @@ draw. Rows without a seed share one generator seeded from the engine seed and a 
 
 Batches: prompts are sorted by length, cut into chunks of at most `max_batch_sequences`, left-padded, prefilled once
 and decoded with a KV cache; finished rows leave the batch (their cache rows are dropped), so long stragglers do not
-keep paying for short ones. Limits: no continuous batching (a chunk runs until its last row finishes), no
+keep paying for short ones. Limits: no continuous batching (a chunk runs until its last row finishes; the
+RolloutWorker starts the next batch from everything queued the moment a call returns, see engines/driver.py), no
 speculative decoding, memory grows with chunk size x (prompt + max_new_tokens).
+
+Streaming mode (`streaming=True`, make_engine(..., hf_streaming=True)): the Engine streaming interface
+(start_request / step / abort) without a KV cache: every step runs one left-padded forward over each request's prompt
+and tokens so far and samples one token per request. It exists so that the continuous-batching path of the
+RolloutWorker runs (and is tested) on CPU with a real model; it costs O(length^2) per request, so it is not for
+training. A seeded request draws the same noise per token as in `generate_each`, so both modes give the same tokens.
 
     python -m pytest tests/test_engines.py -q
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -46,9 +54,18 @@ def sample_rows(logits: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)                         # [B], [B]
 
 
+@dataclass
+class _StreamRow:
+    prompt: list[int]
+    params: SamplingParams
+    gen: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
 class HFEngine(Engine):
     def __init__(self, model_cfg, seed: int = 0, device: Optional[str] = None, max_batch_sequences: int = 64,
-                 model=None, tokenizer=None):
+                 model=None, tokenizer=None, streaming: bool = False):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # model_cfg may be None when a model is given: then tokenizer may be None too (Generation.text is "")
         self.tokenizer = tokenizer if tokenizer is not None or model_cfg is None else load_tokenizer(model_cfg)
@@ -59,6 +76,9 @@ class HFEngine(Engine):
         self.weight_version = 0
         self._calls = itertools.count()
         self._asleep = False
+        self.supports_streaming = bool(streaming)
+        self._live: dict[str, _StreamRow] = {}
+        self._handles = itertools.count()
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -153,6 +173,61 @@ class HFEngine(Engine):
         return [Generation(prompt_ids=list(prompts[r]), token_ids=tokens[r], logprobs=lps[r],
                            text=self._decode(tokens[r]), finish_reason=finish[r])
                 for r in range(b)]
+
+    # ------------------------------------------------------------------------------------------------- streaming
+    def start_request(self, prompt: list[int], params: SamplingParams) -> str:
+        if not self.supports_streaming:
+            raise NotImplementedError("HFEngine.start_request: construct with streaming=True")
+        if not prompt:
+            raise ValueError("HFEngine.start_request: empty prompt (needs at least one token id)")
+        params.validate()
+        if self._asleep:
+            raise RuntimeError("HFEngine.start_request: the engine is asleep; call wake_up() first")
+        n = next(self._handles)
+        seed = params.seed if params.seed is not None else hash((self.seed, -1 - n)) & 0x7FFFFFFF
+        handle = f"hf-{n}"
+        self._live[handle] = _StreamRow(list(prompt), params, torch.Generator(device=self.device).manual_seed(seed))
+        return handle
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[str, Generation]]:
+        if not self._live:
+            return []
+        dev = self.device
+        handles = list(self._live)
+        rows = [self._live[h] for h in handles]
+        seqs = [r.prompt + r.tokens for r in rows]
+        width = max(len(q) for q in seqs)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)          # [B, L] left-padded
+        mask = torch.zeros((len(rows), width), dtype=torch.long)                     # [B, L]
+        for i, q in enumerate(seqs):
+            ids[i, width - len(q):] = torch.tensor(q, dtype=torch.long)
+            mask[i, width - len(q):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)                                     # [B, L]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        vocab = logits.shape[-1]                                                     # logits [B, V]
+        noise = torch.stack([torch.rand(vocab, generator=r.gen, device=dev) for r in rows])          # [B, V]
+        temps = torch.tensor([r.params.temperature for r in rows], device=dev)                      # [B]
+        top_ps = torch.tensor([r.params.top_p for r in rows], device=dev)                           # [B]
+        tok, lp = sample_rows(logits, temps, top_ps, noise)                                          # [B], [B]
+        done = []
+        for h, r, t, l in zip(handles, rows, tok.tolist(), lp.tolist()):
+            r.tokens.append(t)
+            r.logprobs.append(l)
+            reason = "stop" if t in self.eos_ids else "length" if len(r.tokens) >= r.params.max_new_tokens else None
+            if reason is not None:
+                del self._live[h]
+                done.append((h, Generation(prompt_ids=r.prompt, token_ids=r.tokens, logprobs=r.logprobs,
+                                           text=self._decode(r.tokens), finish_reason=reason)))
+        return done
+
+    def abort(self, handles: list[str]) -> None:
+        for h in handles:
+            self._live.pop(h, None)
+
+    def num_in_flight(self) -> int:
+        return len(self._live)
 
     def _decode(self, toks: list[int]) -> str:
         return self.tokenizer.decode(toks, skip_special_tokens=True) if self.tokenizer is not None else ""

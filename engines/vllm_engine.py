@@ -18,8 +18,14 @@
   load_weights must follow wake_up).
 - Models: a Hugging Face directory or hub name is given to vLLM as is; tiny random models and GGUF files are first
   written as a transformers checkpoint to a temporary directory (vLLM reads neither directly here).
-Limits: static batching (one LLM.generate call per RolloutWorker batch: a request arriving mid-call waits for the
-next call); one engine per process.
+- Streaming (continuous batching, `supports_streaming`): `start_request` hands one request to the running vLLM engine
+  with the public `LLM.enqueue` (same prompt rendering and request ids as LLM.generate; final output only) and `step`
+  runs one `LLM.llm_engine.step()` -- exactly the loop LLM.generate runs internally, except that requests may be added
+  between steps. vLLM's engine core schedules them into its next iteration (chunked prefill alongside the decodes
+  in flight). engines/driver.py drives this from the RolloutWorker's engine thread.
+  `generate_each` (a blocking LLM.generate) refuses to run while streamed requests are in flight (it would collect
+  their outputs too); so do load_weights and sleep (the driver drains first).
+Limits: one engine per process; requests are not preempted for a weight update (the update waits for them).
 
 GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py`.
 """
@@ -56,6 +62,8 @@ def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
 
 
 class VLLMEngine(Engine):
+    supports_streaming = True
+
     def __init__(self, model_cfg, rollout_cfg, seed: int = 0):
         if not torch.cuda.is_available():
             raise RuntimeError("rollout.engine=vllm needs a CUDA GPU in the RolloutWorker (set rollout.gpus_per_worker "
@@ -100,6 +108,7 @@ class VLLMEngine(Engine):
                                                            [gen_eos] if gen_eos is not None else [])
         self.eos_ids = sorted(ids)
         self.weight_version = 0
+        self._live: dict[str, list[int]] = {}        # streamed requests in flight: vLLM request id -> prompt
 
     def __repr__(self) -> str:
         return f"VLLMEngine(weight_sync={self.weight_sync}, weight_version={self.weight_version})"
@@ -110,20 +119,61 @@ class VLLMEngine(Engine):
         return VSP(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens, seed=p.seed, logprobs=0,
                    detokenize=False, stop_token_ids=self.eos_ids)
 
+    def _idle(self, what: str) -> None:
+        if self._live:
+            raise RuntimeError(f"VLLMEngine.{what}: {len(self._live)} streamed requests are in flight; finish or abort "
+                               f"them first")
+
     def generate_each(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
         if len(prompts) != len(params):
             raise ValueError(f"generate_each: {len(prompts)} prompts but {len(params)} SamplingParams")
+        self._idle("generate_each")
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
                                  [self._vllm_params(p) for p in params], use_tqdm=False)
-        gens = []
-        for prompt, o in zip(prompts, outs):
-            c = o.outputs[0]
-            toks = list(c.token_ids)
-            lps = [c.logprobs[i][t].logprob for i, t in enumerate(toks)] if c.logprobs else []
-            reason = "stop" if c.finish_reason == "stop" else "length"
-            gens.append(Generation(prompt_ids=list(prompt), token_ids=toks, logprobs=lps,
-                                   text=self._decode(toks), finish_reason=reason))
-        return gens
+        return [self._generation(prompt, o) for prompt, o in zip(prompts, outs)]
+
+    def _generation(self, prompt: list[int], o) -> Generation:
+        c = o.outputs[0]
+        toks = list(c.token_ids)
+        lps = [c.logprobs[i][t].logprob for i, t in enumerate(toks)] if c.logprobs else []
+        reason = "stop" if c.finish_reason == "stop" else "length"
+        return Generation(prompt_ids=list(prompt), token_ids=toks, logprobs=lps, text=self._decode(toks),
+                          finish_reason=reason)
+
+    # ------------------------------------------------------------------------------------------------ streaming
+    def start_request(self, prompt: list[int], params: SamplingParams) -> str:
+        if not prompt:
+            raise ValueError("VLLMEngine.start_request: empty prompt (needs at least one token id)")
+        (rid,) = self.llm.enqueue([{"prompt_token_ids": list(prompt)}], [self._vllm_params(params)], use_tqdm=False)
+        self._live[rid] = list(prompt)
+        return rid
+
+    def step(self) -> list[tuple[str, Generation]]:
+        if not self._live:
+            return []
+        engine = self.llm.llm_engine
+        if not engine.has_unfinished_requests():
+            # stepping now would block on an empty output queue forever
+            lost, self._live = sorted(self._live), {}
+            raise RuntimeError(f"VLLMEngine.step: vLLM has no unfinished requests but {len(lost)} were in flight "
+                               f"(e.g. {lost[:3]}); they are lost")
+        done = []
+        for o in engine.step():
+            if not getattr(o, "finished", False):
+                continue
+            prompt = self._live.pop(o.request_id, None)
+            if prompt is None:            # aborted by us meanwhile
+                continue
+            done.append((o.request_id, self._generation(prompt, o)))
+        return done
+
+    def abort(self, handles: list[str]) -> None:
+        handles = [h for h in handles if self._live.pop(h, None) is not None]
+        if handles:
+            self.llm.llm_engine.abort_request(handles)
+
+    def num_in_flight(self) -> int:
+        return len(self._live)
 
     def _decode(self, toks: list[int]) -> str:
         return self.tokenizer.decode(toks, skip_special_tokens=True) if self.tokenizer is not None else ""
@@ -135,6 +185,7 @@ class VLLMEngine(Engine):
             yield name, t.to(device=device, dtype=self._dtype).contiguous()
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self._idle("load_weights")
         if self.weight_sync == "ipc":
             self._load_ipc(state)
         else:
@@ -171,6 +222,7 @@ class VLLMEngine(Engine):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def sleep(self, level: int = 1) -> None:
+        self._idle("sleep")            # vLLM's sleep would abort them
         self.llm.sleep(level=level)
 
     def wake_up(self) -> None:

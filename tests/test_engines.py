@@ -2,14 +2,17 @@
 weight loading. CPU tests use the tiny random model; one test loads the real SmolLM2 GGUF; GPU tests drive vLLM."""
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import tempfile
+import time
 
 import pytest
 import torch
 
 from engines.base import SamplingParams, make_engine
+from engines.driver import EngineDriver
 from engines.hf_engine import HFEngine, sample_rows
 from rlcore.losses import token_logprobs
 from runtime.config import load_config
@@ -126,6 +129,98 @@ def test_real_smollm2_chat_generation():
     assert g.text.strip() and len(g.logprobs) == len(g.token_ids)
     ref = forward_logprobs(eng.model, g.prompt_ids, g.token_ids, 0.5)
     assert torch.allclose(torch.tensor(g.logprobs), ref, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- streaming and driver
+def test_hf_streaming_matches_batch_and_aborts(engine):
+    """The cache-less streaming mode: requests join between steps, seeded tokens equal generate_each's."""
+    st = HFEngine(None, model=engine.model, tokenizer=engine.tokenizer, streaming=True)
+    p = SamplingParams(temperature=0.8, max_new_tokens=7, seed=20)
+    ref = engine.generate(PROMPTS, p)
+    handles = {st.start_request(PROMPTS[i], p.for_row(i)): i for i in (0, 1)}
+    done = st.step() + st.step()
+    handles.update({st.start_request(PROMPTS[i], p.for_row(i)): i for i in (2, 3)})    # join mid-flight
+    extra = st.start_request(PROMPTS[0], SamplingParams(max_new_tokens=50))
+    assert st.num_in_flight() == 5
+    st.abort([extra, "no-such-handle"])
+    while st.num_in_flight():
+        done += st.step()
+    assert sorted(handles[h] for h, _ in done) == [0, 1, 2, 3]
+    for h, g in done:
+        r = ref[handles[h]]
+        assert g.token_ids == r.token_ids and g.finish_reason == r.finish_reason
+        assert g.logprobs == pytest.approx(r.logprobs, abs=1e-4) and g.prompt_ids == PROMPTS[handles[h]]
+    with pytest.raises(NotImplementedError, match="streaming"):
+        engine.start_request(PROMPTS[0], p)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        st.start_request(PROMPTS[0], SamplingParams(max_new_tokens=0))
+    assert st.num_in_flight() == 0
+
+
+async def _timed(driver, prompt, params, log, tag):
+    g, version = await driver.generate(prompt, params)
+    log.append((tag, time.perf_counter()))
+    return g, version
+
+
+def _late_request_run(eng) -> list[str]:
+    """Three long requests, then (once they are decoding) one short one: the order in which they return."""
+    async def run():
+        d = EngineDriver(lambda: eng, max_in_flight=8, batch_wait_s=0.0, name="t")
+        order: list = []
+        early = [asyncio.ensure_future(_timed(d, PROMPTS[i], SamplingParams(max_new_tokens=40, seed=i), order,
+                                              "early")) for i in range(3)]
+        while d.stats.admitted < 3 or (eng.supports_streaming and d.stats.engine_calls < 2):
+            await asyncio.sleep(0.005)          # the early requests are in the engine (and decoding, if streaming)
+        late = await _timed(d, PROMPTS[3], SamplingParams(max_new_tokens=2, seed=9), order, "late")
+        await asyncio.gather(*early)
+        d.close()
+        assert len(late[0].token_ids) <= 2
+        return [tag for tag, _ in order]
+    return asyncio.run(run())
+
+
+def test_driver_late_request_is_not_blocked_when_streaming(engine):
+    st = HFEngine(None, model=engine.model, tokenizer=engine.tokenizer, streaming=True)
+    assert _late_request_run(st)[0] == "late"            # continuous batching: returns while the others decode
+    assert _late_request_run(engine)[-1] == "late"       # hf batches: waits for the running call, then runs alone
+
+
+def test_driver_drains_before_a_weight_update(cfg, engine):
+    """Requests in flight when an update is filed finish under the old weights and say so; later ones use the new."""
+    from engines.models import load_model
+    model = load_model(cfg.model, seed=0, device="cpu")
+    st = HFEngine(None, model=model, tokenizer=engine.tokenizer, streaming=True)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    new = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) if v.is_floating_point()
+           else v for k, v in old.items()}
+
+    def load(state, version):
+        st.load_weights(state)
+        st.weight_version = version
+        return version
+
+    async def run():
+        d = EngineDriver(lambda: st, max_in_flight=8, batch_wait_s=0.0, name="t")
+        params = [SamplingParams(max_new_tokens=25, seed=i) for i in range(2)]
+        first = [asyncio.ensure_future(d.generate(PROMPTS[i], params[i])) for i in range(2)]
+        while d.stats.engine_calls < 3:
+            await asyncio.sleep(0.01)
+        assert await d.call(load, new, 1) == 1
+        assert all(f.done() for f in first)          # drained: the update waited for both
+        after = await d.generate(PROMPTS[2], SamplingParams(max_new_tokens=5, seed=3))
+        d.close()
+        return [f.result() for f in first], after, d.stats.drains
+    first, after, drains = asyncio.run(run())
+    assert drains == 1
+    ref_old = HFEngine(None, model=load_model(cfg.model, seed=0, device="cpu"), tokenizer=None)
+    for g, version in first:
+        assert version == 0 and len(g.token_ids) == 25
+        assert torch.allclose(torch.tensor(g.logprobs), forward_logprobs(ref_old.model, g.prompt_ids, g.token_ids,
+                                                                         1.0), atol=1e-4)
+    g, version = after
+    assert version == 1
+    assert torch.allclose(torch.tensor(g.logprobs), forward_logprobs(model, g.prompt_ids, g.token_ids, 1.0), atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------ GPU
