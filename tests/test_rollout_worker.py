@@ -140,3 +140,31 @@ def test_weight_update_bumps_version_and_syncs_logprobs(ray_local, worker, cfg):
     t = time.time()
     ray_local.get(worker.generate.remote([[1, 2]], SamplingParams(max_new_tokens=2)), timeout=TIMEOUT_S)
     assert time.time() - t < 30
+
+
+def test_streaming_worker_update_waits_for_turns_in_flight(ray_local, cfg):
+    """Continuous-batching path (hf streaming engine): turns in flight when an update arrives finish under the old
+    weights and carry the old version; the worker's stats show the drain and the streaming mode."""
+    w = start_rollout_worker(cfg.model, cfg.rollout, seed=0, name="rollout-stream-test", get_timeout_s=30,
+                             hf_streaming=True)
+    try:
+        ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)
+        early = [w.generate_turn.remote(request(traj=i, seed=i, max_new=40)) for i in range(2)]
+        deadline = time.time() + TIMEOUT_S
+        while ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)["engine_calls"] < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        state = {k: v.clone() for k, v in load_model(cfg.model, seed=0).state_dict().items()}
+        state["model.norm.weight"] = state["model.norm.weight"] * 3.0
+        update = w.update_weights.remote(state, 1)
+        late = w.generate_turn.remote(request(traj=5, seed=5, max_new=3))
+        assert ray_local.get(update, timeout=TIMEOUT_S) == 1
+        first = ray_local.get(early, timeout=TIMEOUT_S)
+        assert [s.weight_version for s in first] == [0, 0] and all(len(s.token_ids) == 40 for s in first)
+        assert ray_local.get(late, timeout=TIMEOUT_S).weight_version == 1
+        # same turn, same seed: the old weights' tokens are not what the new weights sample
+        again = ray_local.get(w.generate_turn.remote(request(traj=0, seed=0, max_new=40)), timeout=TIMEOUT_S)
+        assert again.weight_version == 1 and again.logprobs != first[0].logprobs
+        s = ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)
+        assert s["streaming"] and s["drains"] == 1 and s["sequences"] == 4 and s["in_flight"] == 0
+    finally:
+        ray_local.kill(w)
