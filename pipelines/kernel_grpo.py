@@ -134,7 +134,9 @@ def run_trajectories(tasks: list, trajectories_per_task: int, max_turns: int, wo
 
     for t in trajs:
         launch(t, 0)
-    bar = tqdm(total=len(trajs) * max_turns, desc="turns", unit="turn", disable=not progress, leave=False)
+    # inside a Ray actor every refresh becomes a log line: refresh at most every 5 s
+    bar = tqdm(total=len(trajs) * max_turns, desc="turns", unit="turn", disable=not progress, leave=False,
+               mininterval=5.0)
     start = last = last_progress = time.time()
     while pending:
         if stop is not None and stop():

@@ -119,13 +119,18 @@ def pipeline_actors(ray_local, tmp_path_factory):
     from actors.reward import RewardAggregator
     from kernel_eval.tasks import builtin_solution, get_task
     tmp = tmp_path_factory.mktemp("replay")
-    cfg = tiny_cfg(tmp, "algo.tasks_per_step=1", "algo.trajectories_per_task=2", "algo.max_turns=2")
+    # a cold build (precompiled header + extension) can take minutes on a busy 2-core machine
+    cfg = tiny_cfg(tmp, "algo.tasks_per_step=1", "algo.trajectories_per_task=2", "algo.max_turns=2",
+                   "evaluator.compile_timeout_s=900")
     task = get_task(_relu_name(), size_profile="cpu_small")
     solution = builtin_solution(task.name, "cpu")
     pool = start_evaluator_pool(cfg.evaluator, name="evaluator-pool-test")
+    warm = pool.evaluate.remote(task, solution, True)      # builds into the session cache while the actors load
     worker = replay_worker(cfg, solution)              # starts while the learner loads
     learner = LearnerGroup(cfg, name="learner-test")
     agg = RewardAggregator.remote(cfg.algo, "replay", str(tmp / "trajectories.jsonl"), 120)
+    first = ray.get(warm, timeout=1200)
+    assert first.correct, first.feedback[-2000:]
     yield cfg, task, worker, pool, learner, agg, tmp
 
 

@@ -96,7 +96,7 @@ def test_mixgrpo_runs_in_the_trainer_stops_on_sigint_and_resumes(tmp_path):
     """run.pipeline=mixgrpo through launch.py: the same Tune trainable, a final checkpoint on SIGINT, and a resume that
     continues at the next iteration (metrics lines 0..N-1 exactly once)."""
     env = dict(os.environ, PYTHONPATH=ROOT, WANDB_MODE="disabled")
-    total = 400
+    total = 200
     cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "train", "--config",
            os.path.join(ROOT, "configs", "mixgrpo_toy.yaml"), f"run.output_dir={tmp_path}", "run.name=flow",
            f"run.total_steps={total}", "run.checkpoint_every_steps=100", "ray.num_cpus=2", "ray.dashboard=false"]
