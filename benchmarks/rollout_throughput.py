@@ -11,7 +11,10 @@ Parts, each in its own process so that GPU memory is free between them (`--part`
   vllm_raw    vllm.LLM.generate of all 256 prompts in one call (same settings as the engine: logprobs=0,
               processed logprobs, stop_token_ids)
   vllm_worker 256 concurrent RolloutWorker.generate calls of one prompt each (how the controller sends turns) on a
-              local Ray; then sleep(1)/wake_up and update_weights from an ObjectRef (ipc), timed
+              local Ray (continuous batching: engines/driver.py); then staggered arrivals: 192 long requests, and
+              0.5 s later 64 short ones (16 new tokens) -- their latency shows whether they wait behind the long
+              ones (a static batcher would hold them until the running batch ends); then sleep(1)/wake_up and
+              update_weights from an ObjectRef (ipc), timed
 Target: vllm_worker output tokens/s >= 90% of vllm_raw.
 
     python benchmarks/rollout_throughput.py --part hf                       # no vLLM needed
@@ -174,17 +177,23 @@ def part_vllm_worker(eager: bool) -> dict:
     _, rate2 = run(0)
     r["vllm_worker_tok_s"] = round(max(rate1, rate2), 1)
     s = ray.get(w.stats.remote(), timeout=60)
-    r["vllm_worker_batch_size_max"] = s["batch_size_max"]
-    r["vllm_worker_engine_calls"] = s["engine_calls"]
+    r["vllm_worker_streaming"] = s["streaming"]
+    r["vllm_worker_steps"] = s["engine_calls"]
+    r["vllm_worker_in_flight_max"] = s["batch_size_max"]
+    r["vllm_worker_queue_wait_s_max"] = round(s["queue_wait_s_max"], 3)
+    r.update(staggered(w, ps))
 
+    # one seeded request alone, before sleep and after wake: the same weights and batch must give the same tokens
+    single = SamplingParams(temperature=1.0, max_new_tokens=64, seed=123)
+    before = ray.get(w.generate.remote([ps[0]], single), timeout=300)[0]
     t = time.perf_counter()
     ray.get(w.sleep.remote(1), timeout=300)
     r["sleep1_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     ray.get(w.wake_up.remote(), timeout=300)
     r["wake_s"] = round(time.perf_counter() - t, 3)
-    after_wake, _ = run(0)
-    r["same_tokens_after_wake"] = [g.token_ids for g in after_wake] == [g.token_ids for g in first]
+    r["same_tokens_after_wake"] = ray.get(w.generate.remote([ps[0]], single), timeout=300)[0].token_ids == \
+        before.token_ids
 
     state_ref = ray.put(random_state(2))
     t = time.perf_counter()
@@ -196,6 +205,36 @@ def part_vllm_worker(eager: bool) -> dict:
     ray.kill(w)
     ray.shutdown()
     return r
+
+
+def staggered(w, ps: list, n_long: int = 192, short_new: int = 16, gap_s: float = 0.5) -> dict:
+    """Long requests, then gap_s later short ones; completion times from ray.wait."""
+    import ray
+    from engines.base import SamplingParams
+    t0 = time.perf_counter()
+    kind = {}
+    for i, p in enumerate(ps[:n_long]):
+        kind[w.generate.remote([p], SamplingParams(temperature=1.0, max_new_tokens=NEW_VLLM, seed=i))] = "long"
+    time.sleep(gap_s)
+    t_short = time.perf_counter()
+    for i, p in enumerate(ps[n_long:]):
+        kind[w.generate.remote([p], SamplingParams(temperature=1.0, max_new_tokens=short_new, seed=5000 + i))] = "short"
+    done = {"long": [], "short": []}
+    pending = list(kind)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=300, fetch_local=False)
+        if not ready:
+            raise TimeoutError("staggered case: no request finished within 300 s")
+        for ref in ready:
+            done[kind[ref]].append(time.perf_counter())
+    ray.get(list(kind), timeout=60)
+    short_lat = sorted(t - t_short for t in done["short"])
+    long_end = max(done["long"]) - t0
+    return {"staggered_n_long": n_long, "staggered_n_short": len(short_lat),
+            "staggered_short_latency_p50_s": round(short_lat[len(short_lat) // 2], 3),
+            "staggered_short_latency_max_s": round(short_lat[-1], 3),
+            "staggered_long_last_done_s": round(long_end, 3),
+            "staggered_shorts_done_before_first_long": sum(t < min(done["long"]) for t in done["short"])}
 
 
 # ------------------------------------------------------------------------------------------------------------ driver

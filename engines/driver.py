@@ -167,7 +167,6 @@ class EngineDriver:
 
     def _tick(self) -> bool:
         """One loop iteration; False when closed."""
-        engine = self.get_engine()
         idle = not self._live
         block = idle and not self._admissible() and not self._calls
         if block:
@@ -177,6 +176,7 @@ class EngineDriver:
         if self._calls and not self._live:
             self._run_call(self._calls.popleft())
             return True
+        engine = self.get_engine()          # after the (possibly long) wait: the owner may have swapped it
         streaming = bool(getattr(engine, "supports_streaming", False))
         if self._admissible():
             if streaming:
@@ -305,6 +305,7 @@ class EngineDriver:
                     return False
             if self._calls or self.asleep:        # an engine call came meanwhile: it goes first
                 return True
+            engine = self.get_engine()
         batch = []
         while self._pending and len(batch) < self.max_in_flight:
             item = self._pending.popleft()

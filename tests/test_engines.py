@@ -272,3 +272,92 @@ def test_vllm_engine_logprobs_weights_sleep(weight_sync):
     eng.wake_up()
     assert [g.token_ids for g in eng.generate(prompts, p)] == [g.token_ids for g in gb]
     eng.close()
+
+
+@pytest.mark.gpu
+def test_vllm_continuous_batching_staggered_arrivals():
+    """64 turn-sized requests through the EngineDriver (the RolloutWorker's engine thread) on vLLM: 48 long ones, then
+    16 short ones 0.5 s later, then a weight update while the long ones decode. The short ones return long before
+    the long ones (no waiting behind a batch); the update waits for the long ones, which carry version 0 and match
+    the old weights' log-probs; seeded requests repeat exactly and match the blocking generate_each path."""
+    pytest.importorskip("vllm")
+    from transformers import Qwen2ForCausalLM
+    tmp = tempfile.mkdtemp()
+    a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
+    _small_qwen2(a, 1)
+    state_b = _small_qwen2(b, 2)
+    cfg = load_config(overrides=[f"model.name_or_path={a}", "model.dtype=bfloat16", "rollout.engine=vllm",
+                                 "rollout.gpus_per_worker=1", "rollout.gpu_memory_utilization=0.3",
+                                 "rollout.max_context_tokens=256", "rollout.max_new_tokens=768",
+                                 "rollout.vllm_enforce_eager=true"])
+    eng = make_engine(cfg.model, cfg.rollout, seed=0)
+    assert eng.supports_streaming
+    long_p = [[1 + i, 100 + i, 200 + i, 300] for i in range(48)]
+    short_p = [[7, 3000 + i, 11] for i in range(16)]
+
+    def load(state, version):
+        eng.load_weights(state)
+        eng.weight_version = version
+        return version
+
+    async def run():
+        d = EngineDriver(lambda: eng, max_in_flight=256, batch_wait_s=0.005, name="gpu-test")
+        t0 = time.perf_counter()
+        done: dict = {}
+
+        async def one(key, prompt, params):
+            g, v = await d.generate(prompt, params)
+            done[key] = (g, v, time.perf_counter() - t0)
+
+        tasks = [asyncio.ensure_future(one(("long", i), p, SamplingParams(max_new_tokens=640, seed=i)))
+                 for i, p in enumerate(long_p)]
+        await asyncio.sleep(0.5)
+        t_short = time.perf_counter() - t0
+        tasks += [asyncio.ensure_future(one(("short", i), p, SamplingParams(max_new_tokens=8, seed=100 + i)))
+                  for i, p in enumerate(short_p)]
+        await asyncio.gather(*tasks[48:])
+        t_short_done = time.perf_counter() - t0
+        long_running = sum(k not in done for k in [("long", i) for i in range(48)])
+        assert await d.call(load, state_b, 1) == 1
+        t_update = time.perf_counter() - t0
+        await asyncio.gather(*tasks)
+        # after the update: the same seeded request twice and with another seed; a cancelled one is aborted
+        p = SamplingParams(max_new_tokens=16, seed=7)
+        r1, r2 = await d.generate(long_p[0], p), await d.generate(long_p[0], p)
+        r3 = await d.generate(long_p[0], SamplingParams(max_new_tokens=16, seed=8))
+        victim = asyncio.ensure_future(d.generate(long_p[1], SamplingParams(max_new_tokens=640)))
+        await asyncio.sleep(0.2)
+        victim.cancel()
+        r4 = await d.generate(long_p[2], SamplingParams(max_new_tokens=4, seed=1))
+        await asyncio.sleep(0.1)
+        in_flight = eng.num_in_flight()
+        d.close()
+        return done, t_short, t_short_done, long_running, t_update, (r1, r2, r3, r4), in_flight, d.stats
+    done, t_short, t_short_done, long_running, t_update, (r1, r2, r3, r4), in_flight, stats = asyncio.run(run())
+    assert len(done) == 64 and stats.failed_requests == 0
+    longs = [done[("long", i)] for i in range(48)]
+    shorts = [done[("short", i)] for i in range(16)]
+    t_long_last = max(t for _, _, t in longs)
+    print(f"short requests sent at {t_short:.2f} s, all done at {t_short_done:.2f} s; long ones still running then: "
+          f"{long_running}/48, last long done at {t_long_last:.2f} s; update returned at {t_update:.2f} s; "
+          f"steps {stats.engine_calls}, max in flight {stats.batch_size_max}")
+    # not blocked behind the long batch: the short ones finish while most long ones still decode
+    assert long_running >= 40 and t_short_done - t_short < 0.5 * (t_long_last - t_short)
+    # drained: the update returned only after every long request; all of those were sampled under version 0
+    assert t_update >= t_long_last - 0.05
+    assert all(v == 0 for _, v, _ in longs + shorts)
+    for g, _, _ in longs + shorts:
+        assert len(g.logprobs) == len(g.token_ids) >= 1 and all(lp <= 1e-6 for lp in g.logprobs)
+        assert g.finish_reason == ("stop" if g.token_ids[-1] == 2 else "length")
+    m_a = Qwen2ForCausalLM.from_pretrained(a, dtype=torch.bfloat16).float().eval()
+    m_b = Qwen2ForCausalLM.from_pretrained(b, dtype=torch.bfloat16).float().eval()
+    for g, _, _ in longs[:4] + shorts[:4]:
+        d_a = (torch.tensor(g.logprobs) - forward_logprobs(m_a, g.prompt_ids, g.token_ids, 1.0)).abs().max().item()
+        assert d_a < 0.1, d_a
+    (g1, v1), (g2, _), (g3, _), (g4, v4) = r1, r2, r3, r4
+    assert v1 == 1 and v4 == 1 and g1.token_ids == g2.token_ids and g1.token_ids != g3.token_ids
+    assert (torch.tensor(g1.logprobs) - forward_logprobs(m_b, g1.prompt_ids, g1.token_ids, 1.0)).abs().max() < 0.1
+    blocking = eng.generate_each([long_p[0]], [SamplingParams(max_new_tokens=16, seed=7)])[0]
+    assert blocking.token_ids == g1.token_ids
+    assert len(g4.token_ids) == 4 and in_flight == 0
+    eng.close()
