@@ -29,6 +29,7 @@ def write_plots(rd, pipeline: str = "kernel_grpo") -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     rows = read_jsonl(rd.metrics)
     if not rows:
         return []
@@ -41,7 +42,7 @@ def write_plots(rd, pipeline: str = "kernel_grpo") -> list[str]:
     for fname, (title, series) in plots.items():
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for key, label in series:
-            ax.plot(steps, [r.get(key, 0.0) for r in rows], marker="o", label=label)
+            ax.plot(steps, [r.get(key, 0.0) for r in rows], marker="o" if len(rows) <= 30 else None, label=label)
         per_turn_key = {"correctness.png": "correct_per_turn", "speedup.png": "speedup_per_turn"}.get(fname)
         if per_turn_key:
             turns = max(len(r.get(per_turn_key) or []) for r in rows)
@@ -50,6 +51,11 @@ def write_plots(rd, pipeline: str = "kernel_grpo") -> list[str]:
                 ax.plot(steps, [y if y is not None else float("nan") for y in ys], linestyle="--", alpha=0.6,
                         label=f"turn {t}")
         ax.set_xlabel("step"), ax.set_title(title), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))             # steps are whole numbers
+        if fname == "correctness.png":
+            ax.set_ylim(-0.03, 1.03)                                      # a share: always on the same scale
+        elif pipeline == "kernel_grpo":
+            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=max(ax.get_ylim()[1], 0.5))   # all-zero runs too
         fig.tight_layout()
         path = os.path.join(rd.plots, fname)
         fig.savefig(path, dpi=80)

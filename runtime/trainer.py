@@ -4,6 +4,10 @@
     python launch.py train --resume runs/<name>                 # continue from the last checkpoint
     ray job submit --working-dir . -- python launch.py train --config configs/kevin_qwq32b.yaml
 
+- Start-up: the resource planner's memory check (planner.cli.check_fits) runs before the run directory, Ray or any
+  actor exists; a configuration that does not fit exits with code 2 and the planner's message unless
+  run.skip_fit_check=true.
+- The trial's loop is runtime/loop.py (`run.pipeline`: kernel_grpo or mixgrpo).
 - Ray: a new local Ray (ray.num_cpus / ray.num_gpus) unless ray.address is set or RAY_ADDRESS is in the environment
   (`ray job submit`), then it connects to that cluster without resource arguments.
 - Tune: one trial, `tune.with_resources(trainable, PlacementGroupFactory(bundles))`. The first bundle is the trainable
@@ -221,6 +225,7 @@ def _init_ray(cfg) -> None:
 
 def _fit(cfg, rd: RunDir, resume: bool) -> int:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     bundles = resource_bundles(cfg)
     print(f"trial placement group ({cfg.placement.mode}): {bundles}; cluster: {ray.cluster_resources()}", flush=True)
     ctrl = RunControl.options(name=control_name(cfg.run.name)).remote(cfg.run.name)
@@ -233,6 +238,7 @@ def _fit(cfg, rd: RunDir, resume: bool) -> int:
             tune_config=tune.TuneConfig(num_samples=1),
             run_config=tune.RunConfig(
                 name=os.path.basename(rd.experiment), storage_path=rd.root, verbose=0,
+                callbacks=[JsonLoggerCallback()],      # result.json per trial (Tune's result grid reads it)
                 failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
     stopper = _install_signal_handlers(ctrl)

@@ -123,6 +123,7 @@ def test_mixgrpo_runs_in_the_trainer_stops_on_sigint_and_resumes(tmp_path):
     assert f"resumed from checkpoint: next step {stopped_at}" in r.stdout + r.stderr
     rows = read_jsonl(str(rd / "metrics.jsonl"))
     assert [m["step"] for m in rows] == list(range(total))
-    assert rows[-1]["hit"] > rows[0]["hit"]                          # it learns (MIXGRPO.md: hit 0.45 -> ~0.99)
+    hit = [m["hit"] for m in rows]                                   # it learns (MIXGRPO.md: hit 0.45 -> ~0.99)
+    assert sum(hit[-20:]) / 20 > sum(hit[:20]) / 20 + 0.1, (hit[:20], hit[-20:])
     assert (rd / "plots" / "reward.png").stat().st_size > 1000
     assert f"steps finished: {total} of {total}" in (rd / "summary.md").read_text()
