@@ -27,7 +27,7 @@
   their outputs too); so do load_weights and sleep (the driver drains first).
 Limits: one engine per process; requests are not preempted for a weight update (the update waits for them).
 
-GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py`.
+GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py --part vllm`.
 """
 from __future__ import annotations
 

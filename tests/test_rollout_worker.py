@@ -149,21 +149,22 @@ def test_streaming_worker_update_waits_for_turns_in_flight(ray_local, cfg):
                              hf_streaming=True)
     try:
         ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)
-        early = [w.generate_turn.remote(request(traj=i, seed=i, max_new=40)) for i in range(2)]
-        deadline = time.time() + TIMEOUT_S
-        while ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)["engine_calls"] < 2 and time.time() < deadline:
-            time.sleep(0.05)
         state = {k: v.clone() for k, v in load_model(cfg.model, seed=0).state_dict().items()}
         state["model.norm.weight"] = state["model.norm.weight"] * 3.0
-        update = w.update_weights.remote(state, 1)
+        state_ref = ray_local.put(state)        # in the object store before the turns start: the update is quick
+        early = [w.generate_turn.remote(request(traj=i, seed=i, max_new=100)) for i in range(2)]
+        deadline = time.time() + TIMEOUT_S
+        while ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)["engine_calls"] < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        update = w.update_weights.remote([state_ref], 1)
         late = w.generate_turn.remote(request(traj=5, seed=5, max_new=3))
         assert ray_local.get(update, timeout=TIMEOUT_S) == 1
         first = ray_local.get(early, timeout=TIMEOUT_S)
-        assert [s.weight_version for s in first] == [0, 0] and all(len(s.token_ids) == 40 for s in first)
+        assert [s.weight_version for s in first] == [0, 0] and all(len(s.token_ids) == 100 for s in first)
         assert ray_local.get(late, timeout=TIMEOUT_S).weight_version == 1
         # same turn, same seed: the old weights' tokens are not what the new weights sample
-        again = ray_local.get(w.generate_turn.remote(request(traj=0, seed=0, max_new=40)), timeout=TIMEOUT_S)
-        assert again.weight_version == 1 and again.logprobs != first[0].logprobs
+        again = ray_local.get(w.generate_turn.remote(request(traj=0, seed=0, max_new=10)), timeout=TIMEOUT_S)
+        assert again.weight_version == 1 and again.logprobs != first[0].logprobs[:10]
         s = ray_local.get(w.stats.remote(), timeout=TIMEOUT_S)
         assert s["streaming"] and s["drains"] == 1 and s["sequences"] == 4 and s["in_flight"] == 0
     finally:
