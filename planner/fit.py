@@ -68,15 +68,17 @@ def _learner_rows(cfg, shape: ModelShape, on_gpu: bool) -> tuple[list, float, fl
     # keeps fp32 weights and gradients (bf16 only as autocast compute).
     state_precision = "bf16" if deepspeed else "fp32"
     e = 2 if (deepspeed or lc.precision == "bf16") else 4
+    autocast = not deepspeed and lc.precision == "bf16"     # fp32 weights, bf16 autocast: fp32 norms, bf16 casts
+    seq = cfg.rollout.max_context_tokens + cfg.rollout.max_new_tokens
     st = M.model_state_bytes(shape.num_params, shape.largest_module_params, stage, ranks, state_precision,
                              deepspeed and lc.offload_optimizer, deepspeed and lc.offload_params)
     tokens = lc.micro_batch_samples * (cfg.rollout.max_context_tokens + cfg.rollout.max_new_tokens)
-    act_ckpt = M.activation_bytes(shape, tokens, e, True)
-    act_full = M.activation_bytes(shape, tokens, e, False)
+    act_ckpt = M.activation_bytes(shape, tokens, e, True, autocast, seq)
+    act_full = M.activation_bytes(shape, tokens, e, False, autocast, seq)
     act = act_ckpt if lc.gradient_checkpointing else act_full
     # Worst case: a micro-batch mixing the shortest and the longest prompt keeps logits from the shortest on.
     logit_positions = lc.micro_batch_samples * (cfg.rollout.max_context_tokens + cfg.rollout.max_new_tokens)
-    logits = M.logits_bytes(shape, logit_positions, e)
+    logits = M.logits_bytes(shape, logit_positions, e, "fused")        # learners/logprobs.py: no fp32 copy
     autocast_cache = shape.num_params * 2 if (not deepspeed and lc.precision == "bf16") else 0.0
     adam_temp = shape.num_params * 4 if not deepspeed else 0.0    # torch foreach AdamW: one state-sized temporary
     ref = 0.0
@@ -90,7 +92,8 @@ def _learner_rows(cfg, shape: ModelShape, on_gpu: bool) -> tuple[list, float, fl
         M.Row("learner", "ZeRO-3 gathered module", st.gpu_gather),
         M.Row("learner", "activations, no checkpointing", act_full, 0, "used" if not lc.gradient_checkpointing else ""),
         M.Row("learner", "activations, checkpointing", act_ckpt, 0, "used" if lc.gradient_checkpointing else ""),
-        M.Row("learner", "logits + loss", logits, 0, f"{logit_positions} positions x vocab {shape.vocab_size}"),
+        M.Row("learner", "logits + gradient (fused log-probs)", logits, 0,
+              f"{logit_positions} positions x vocab {shape.vocab_size}"),
     ]
     if autocast_cache or adam_temp:
         rows.append(M.Row("learner", "autocast cache / AdamW temporary", autocast_cache + adam_temp))

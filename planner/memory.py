@@ -17,7 +17,11 @@ Sources of the formulas:
   checkpointing (HF per-layer, non-reentrant) only each layer's input e*h is kept, plus one layer recomputed in
   backward (HF docs "GPU memory usage" / model_memory_anatomy: activations are the part checkpointing removes).
 - Logits: the learners ask for logits of the response positions only (logits_to_keep), in the compute dtype; the
-  loss (rlcore.losses.token_logprobs) saves an fp32 copy, and the backward holds two fp32 [T, V] gradients at once.
+  fused log-prob function (learners/logprobs.py) keeps them and writes one gradient of the same dtype (no fp32
+  copy). The reference loss rlcore.losses.token_logprobs holds five fp32 copies at its backward peak (logits_bytes).
+- Attention: flash (16-bit, no mask) keeps q, k, v, output and log-sum-exp; fp32 with GQA falls back to the math
+  kernel and keeps the [B, heads, S, S] softmax (uses_math_attention). bf16 autocast over fp32 weights keeps fp32
+  norms and one bf16 cast per consuming linear (layer_activation_bytes_per_token).
 - KV cache: 2 (K and V) x layers x kv_heads x head_dim x bytes per token (vLLM docs, CacheConfig; the
   gpu_memory_utilization fraction of *total* GPU memory is what one vLLM instance claims:
   https://docs.vllm.ai/en/v0.26.0/api/vllm/config/cache/). With tensor parallelism each GPU holds kv_heads / tp heads
@@ -91,28 +95,66 @@ def model_state_bytes(num_params: int, largest_module: int, stage: int, num_rank
 
 
 # ----------------------------------------------------------------------------------------------- activations
-def layer_activation_bytes_per_token(shape: ModelShape, e: int) -> float:
-    """Saved tensors of one decoder layer per token, compute dtype of e bytes (see the module docstring)."""
+def uses_math_attention(shape: ModelShape, e: int) -> bool:
+    """fp32 compute with grouped KV heads runs SDPA's math kernel on CUDA: flash needs 16-bit inputs and the
+    memory-efficient kernel has no GQA (torch sdp_utils: check_batch_size_and_num_heads_dense<false>). The math
+    kernel keeps the [B, heads, S, S] softmax for backward. Measured: torch_fp32 in
+    benchmarks/results/planner_validate_h100.json was 3.96 GiB over the flash-only formula."""
+    return e == 4 and shape.num_kv_heads < shape.num_heads
+
+
+def layer_activation_bytes_per_token(shape: ModelShape, e: int, autocast: bool = False,
+                                     math_attention: bool | None = None) -> float:
+    """Saved tensors of one decoder layer per token, compute dtype of e bytes (see the module docstring).
+
+    autocast (fp32 weights, bf16 autocast): the residual stream and the RMSNorm outputs stay fp32, and autocast casts
+    a norm's output to bf16 once per consuming linear (q, k, v: 3 casts; gate, up: 2), each saved by its linear:
+    10 h bytes per token more than pure bf16 (torch_bf16 in planner_validate_h100.json; replayed on the meta device
+    by planner.simulate). With math attention (see uses_math_attention) q, k, v are saved expanded to all heads and
+    the output is copied once more for o_proj: 4 e h per token, plus attention_scores_bytes per sequence.
+    math_attention: None follows the CUDA rule of uses_math_attention; False for CPU torch, whose flash kernel
+    takes fp32 and GQA."""
     h, kvd, i = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
-    norms = 2 * (4 * h + 2 * e * h + 4)                 # fp32 input, normed, output, fp32 rstd; two norms
-    attn = e * (2 * h + 2 * kvd) + 4 * shape.num_heads  # q, k, v, attention output; fp32 log-sum-exp per head
+    if autocast:
+        norms = 2 * (4 * h + 4 * h + 4) + 2 * (3 + 2) * h  # fp32 input and normed; 5 bf16 casts of the outputs
+    else:
+        norms = 2 * (4 * h + 2 * e * h + 4)             # fp32 input, normed, output, fp32 rstd; two norms
+    if uses_math_attention(shape, e) if math_attention is None else math_attention:
+        attn = 4 * e * h                                # q, repeated k and v, o_proj's input copy
+    else:
+        attn = e * (2 * h + 2 * kvd) + 4 * shape.num_heads  # q, k, v, output (flash); fp32 log-sum-exp per head
     mlp = 4 * e * i                                     # gate, silu(gate), up, silu(gate)*up
     return norms + attn + mlp
 
 
-def activation_bytes(shape: ModelShape, tokens: int, e: int, checkpointing: bool) -> float:
-    """Activations kept for backward over `tokens` tokens (micro-batch x sequence), plus the backward's transient:
-    one layer's worth of gradients (and, with checkpointing, one layer recomputed)."""
-    per_layer = layer_activation_bytes_per_token(shape, e) * tokens
+def attention_scores_bytes(shape: ModelShape, sequences: int, seq_len: int, e: int) -> float:
+    """Math-kernel attention: the softmax [sequences, heads, S, S] one layer keeps for backward (0 with flash)."""
+    return sequences * shape.num_heads * seq_len * seq_len * e if uses_math_attention(shape, e) else 0.0
+
+
+def activation_bytes(shape: ModelShape, tokens: int, e: int, checkpointing: bool, autocast: bool = False,
+                     seq_len: int = 0) -> float:
+    """Activations kept for backward over `tokens` tokens (micro-batch x sequence of seq_len), plus the backward's
+    transient: one layer's worth of gradients (and, with checkpointing, one layer recomputed)."""
+    scores = attention_scores_bytes(shape, tokens // seq_len, seq_len, e) if seq_len else 0.0
+    per_layer = layer_activation_bytes_per_token(shape, e, autocast) * tokens + scores
     final_norm = (4 * shape.hidden_size + 2 * e * shape.hidden_size) * tokens
     if checkpointing:
         return shape.num_layers * e * shape.hidden_size * tokens + final_norm + 2 * per_layer
     return shape.num_layers * per_layer + final_norm + per_layer
 
 
-def logits_bytes(shape: ModelShape, positions: int, e: int) -> float:
-    """Response-position logits in the compute dtype, token_logprobs' fp32 copy, two fp32 gradients in backward."""
-    return positions * shape.vocab_size * (e + 4 + 8)
+def logits_bytes(shape: ModelShape, positions: int, e: int, path: str = "fused") -> float:
+    """Logit-sized tensors alive at the loss's backward peak.
+
+    fused (learners/logprobs.py, the learners' path): the model's logits in the compute dtype, kept by the fused
+    function, and their gradient written in the same dtype: 2 e bytes per position and vocabulary entry.
+    reference (rlcore.losses.token_logprobs, what benchmarks/planner_validate.py ran): five fp32 [T, V] tensors at
+    once while logsumexp's backward runs: the upcast-and-scaled logits it saved, the gathered gradient waiting in
+    autograd's buffer, (x - log Z), its exp and the product (planner_validate_h100.json: 4 copies under-predicted
+    torch_fp32 / _ckpt / bf16; the meta-device replay in planner.simulate shows the five)."""
+    per = 2 * e if path == "fused" else 5 * 4
+    return positions * shape.vocab_size * per
 
 
 # ----------------------------------------------------------------------------------------------- rollout engines

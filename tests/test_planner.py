@@ -114,7 +114,7 @@ def test_layer_activation_formula_matches_saved_tensors(dtype, e):
     saved, c = _saved_bytes(dtype, False)
     s = shape_from_config_dict(c.to_dict())
     T, T_logits = 2 * 128, 2 * 127
-    layers = s.num_layers * M.layer_activation_bytes_per_token(s, e) * T
+    layers = s.num_layers * M.layer_activation_bytes_per_token(s, e, math_attention=False) * T   # CPU flash
     final_norm = (4 * s.hidden_size + 2 * e * s.hidden_size + 4) * T
     predicted = layers + final_norm + T_logits * s.vocab_size * 4             # the fp32 copy token_logprobs saves
     assert predicted == pytest.approx(saved, rel=0.01)
@@ -169,3 +169,53 @@ def test_unknown_model_skips_the_check_and_plan_exit_codes(capsys):
     assert "peak" in out and "cheapest change" in out
     assert plan_main(load_config(), None) == 0
     assert plan_report(load_config(None, ["model.tiny_random=true"])).shape.hidden_size == 64
+
+
+# ------------------------------------------------------------------------------------------- GPU calibration
+# Measured peaks (torch.cuda.max_memory_allocated, bytes) on one H100 80GB, 2026-11-22:
+# benchmarks/results/planner_validate_h100.json (`python3 benchmarks/planner_validate.py`).
+MEASURED_PLANNER_VALIDATE = {
+    "torch_fp32": 22671758336, "torch_fp32_ckpt": 14408463360, "torch_bf16": 18517688320,
+    "hf_generate_c8": 1265938432, "hf_generate_c32": 1867165696, "zero3": 14395386368,
+    "zero3_offload": 15383452160,
+}
+# The learners' own path (fused log-probs, no mask), 8 x 4096 tokens (256 prompt + 3840 response), GiB:
+# benchmarks/results/learner_mfu_h100_v2.json (run "94745b6": torch bf16 autocast, ds_z3 settings as the benchmark).
+MEASURED_LEARNER_GIB = {("torch", 1): 16.68, ("torch", 4): 41.54, ("ds_z3", 1): 14.98, ("ds_z3", 4): 37.35}
+# Old code, micro-batch 1 (benchmarks/results/learner_mfu_h100_v1.json): ZeRO-3 without / with optimizer offload.
+MEASURED_OFFLOAD_SAVING_GIB = 23.67 - 17.23
+
+
+@pytest.mark.parametrize("case", [c for c in MEASURED_PLANNER_VALIDATE if c != "zero3_offload"])
+def test_validation_case_within_15_percent_of_the_h100(case):
+    from planner.validate import CASES
+    predicted, measured = CASES[case]()["predicted"], MEASURED_PLANNER_VALIDATE[case]
+    assert abs(predicted - measured) <= 0.15 * measured, (case, predicted / GIB, measured / GIB)
+
+
+def test_zero3_offload_case_is_still_off_and_the_learner_offload_saving_is_not():
+    """The benchmark's offload case gave the optimizer as a torch AdamW (zero_force_ds_cpu_optimizer=False) and
+    measured more GPU memory than without offload; the reason is not established, so that case stays off. The
+    learner's path (DeepSpeedCPUAdam) saved 6.44 GiB in learner_mfu_h100_v1.json; the planner's saving must match."""
+    from planner.validate import CASES
+    predicted, measured = CASES["zero3_offload"]()["predicted"], MEASURED_PLANNER_VALIDATE["zero3_offload"]
+    assert predicted < 0.6 * measured                      # documented as off in benchmarks/README.md
+    s = shape_by_name("qwen2.5-0.5b")
+    kept = M.model_state_bytes(s.num_params, s.largest_module_params, 3, 1, "bf16").gpu_total
+    off = M.model_state_bytes(s.num_params, s.largest_module_params, 3, 1, "bf16", offload_optimizer=True).gpu_total
+    assert (kept - off) / GIB == pytest.approx(MEASURED_OFFLOAD_SAVING_GIB, rel=0.15)
+
+
+@pytest.mark.parametrize("case,micro_batch", list(MEASURED_LEARNER_GIB))
+def test_learner_plan_matches_the_learner_benchmark(case, micro_batch):
+    """build_plan's learner peak (fused log-prob path) against the learner benchmark's measured peak."""
+    over = [f"learner.backend={'torch' if case == 'torch' else 'deepspeed'}", "learner.gpus_per_rank=1",
+            "learner.precision=bf16", "learner.gradient_checkpointing=false", "learner.zero_stage=3",
+            f"learner.micro_batch_samples={micro_batch}", "rollout.max_context_tokens=256",
+            "rollout.max_new_tokens=3840", "algo.kl_coef=0", "model.name_or_path=qwen2.5-0.5b",
+            "rollout.gpus_per_worker=0", "evaluator.gpus_per_runner=0", "placement.mode=disaggregated"]
+    cfg = load_config(None, over)
+    plan = build_plan(cfg, model_shape(cfg.model))
+    row = next(r for r in plan.rows if r.role == "learner" and r.item.startswith("peak"))
+    measured = MEASURED_LEARNER_GIB[(case, micro_batch)] * GIB
+    assert abs(row.gpu_bytes - measured) <= 0.15 * measured, (case, micro_batch, row.gpu_bytes / GIB)
