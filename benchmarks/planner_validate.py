@@ -8,9 +8,11 @@ from the same settings and measured with torch.cuda.max_memory_allocated (tensor
   torch_fp32          one training step: forward (all positions' logits), token_logprobs, loss, backward, AdamW
   torch_fp32_ckpt     the same with gradient checkpointing
   torch_bf16          bf16 autocast over fp32 weights
-  zero3 / zero3_offload   DeepSpeed ZeRO-3 (world size 1, bf16), without / with optimizer offload (if importable)
+  zero3 / zero3_offload   DeepSpeed ZeRO-3 (world size 1, bf16), without / with optimizer offload (if importable);
+                          offload uses DeepSpeedCPUAdam like the learner (the 2026-11-22 run used torch AdamW)
   hf_generate_c8 / _c32   transformers generate, 8 and 32 sequences of 512 prompt + 256 new tokens (bf16)
   vllm_kv_c16 / _c64      vLLM (if importable): KV cache tokens vLLM reports vs the planner's, generating at 16 and 64
+Predictions come from planner/validate.py (the same code tests/test_planner.py checks against the recorded run).
 Writes $OUT/planner_validate.json (default ./bench_out) and prints a table (target: |error| <= 15%).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 
 from planner import memory as M  # noqa: E402
 from planner.model_shape import shape_by_name  # noqa: E402
+from planner.validate import predict_generate, predict_torch, predict_zero3  # noqa: E402
 
 SHAPE = shape_by_name("qwen2.5-0.5b")
 B, PROMPT, RESP = 2, 768, 256           # training micro-batch: 2 samples of 1024 tokens
@@ -74,13 +77,8 @@ def case_torch(checkpointing: bool, bf16: bool) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=False)                                       # planner counts grads as resident
     measured = torch.cuda.max_memory_allocated()
-    e = 2 if bf16 else 4
-    T = B * (PROMPT + RESP)
-    st = M.model_state_bytes(SHAPE.num_params, SHAPE.largest_module_params, 0, 1, "fp32")
-    act = M.activation_bytes(SHAPE, T, e, checkpointing) + M.logits_bytes(SHAPE, T, e)
-    extra = max(act + (SHAPE.num_params * 2 if bf16 else 0), SHAPE.num_params * 4)
     del model, opt
-    return {"predicted": st.gpu_total + extra, "measured": measured}
+    return {"predicted": predict_torch(checkpointing, bf16)["predicted"], "measured": measured}
 
 
 def case_zero3(offload: bool) -> dict:
@@ -102,6 +100,13 @@ def case_zero3(offload: bool) -> dict:
         model, _ = build_model(torch.bfloat16, device="cpu")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    if offload:                      # the learner's optimizer with offload (learners/deepspeed_learner.py)
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            opt = DeepSpeedCPUAdam(model.parameters(), lr=1e-6, adamw_mode=True)
+            ds_cfg["zero_force_ds_cpu_optimizer"] = True
+        except Exception as e:       # no CPU Adam op: the 2026-11-22 run's setting (torch AdamW), reported
+            print(f"[planner_validate] DeepSpeedCPUAdam unavailable ({e}); torch AdamW", flush=True)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg)
     ids = torch.randint(0, SHAPE.vocab_size, (B, PROMPT + RESP), device="cuda")
     torch.cuda.reset_peak_memory_stats()
@@ -110,9 +115,7 @@ def case_zero3(offload: bool) -> dict:
         engine.backward(loss)
         engine.step()
     measured = torch.cuda.max_memory_allocated()
-    T = B * (PROMPT + RESP)
-    st = M.model_state_bytes(SHAPE.num_params, SHAPE.largest_module_params, 3, 1, "bf16", offload_optimizer=offload)
-    predicted = st.gpu_total + M.activation_bytes(SHAPE, T, 2, True) + M.logits_bytes(SHAPE, T, 2)
+    predicted = predict_zero3(offload)["predicted"]
     engine.destroy()
     del engine, model, opt
     return {"predicted": predicted, "measured": measured}
@@ -127,9 +130,8 @@ def case_hf_generate(sequences: int) -> dict:
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=256, min_new_tokens=256,
                        do_sample=True, pad_token_id=0)
     measured = torch.cuda.max_memory_allocated()
-    g = M.hf_generate_bytes(SHAPE, sequences, ids.shape[1], 256, 2)
     del model
-    return {"predicted": g["weights"] + g["kv"] + g["transient"], "measured": measured}
+    return {"predicted": predict_generate(sequences)["predicted"], "measured": measured}
 
 
 VLLM_CHILD = r'''
