@@ -92,6 +92,7 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {s.name: s for s in [
 _ALIASES = {
     "builtin:smollm2-135m": "smollm2-135m",
     "qwen2-0.5b": "qwen2.5-0.5b", "qwen2-1.5b": "qwen2.5-1.5b",
+    "qwen2.5-coder-1.5b": "qwen2.5-1.5b", "qwen2.5-coder-7b": "qwen2.5-7b",   # same config.json shapes
     "meta-llama-3-8b": "llama-3-8b", "meta-llama-3.1-8b": "llama-3.1-8b", "llama-3.1-8b": "llama-3.1-8b",
 }
 _SUFFIXES = ("-instruct", "-chat", "-it", "-base", "-preview")
