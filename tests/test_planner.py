@@ -219,3 +219,13 @@ def test_learner_plan_matches_the_learner_benchmark(case, micro_batch):
     row = next(r for r in plan.rows if r.role == "learner" and r.item.startswith("peak"))
     measured = MEASURED_LEARNER_GIB[(case, micro_batch)] * GIB
     assert abs(row.gpu_bytes - measured) <= 0.15 * measured, (case, micro_batch, row.gpu_bytes / GIB)
+
+
+def test_meta_device_replay_reproduces_the_bf16_measurement():
+    """planner.simulate replays torch_bf16 on the meta device (no memory, ~4 s): within 2% of the H100's peak, and
+    the calibrated formula within 2% of the replay."""
+    from planner.simulate import replay_validation_case
+    from planner.validate import predict_torch
+    replayed = replay_validation_case("bf16")
+    assert replayed == pytest.approx(MEASURED_PLANNER_VALIDATE["torch_bf16"], rel=0.02)
+    assert predict_torch(False, True)["predicted"] == pytest.approx(replayed, rel=0.02)
