@@ -57,7 +57,7 @@ def format_table(plan: Plan, shape: ModelShape) -> str:
 
 def _verdict(cfg, plan: Plan, shape: ModelShape) -> tuple[str, list]:
     if plan.fits:
-        margin = -plan.shortfall
+        margin = max(-plan.shortfall, 0.0) + 0.0     # no "-0.0"
         return f"verdict: FITS (tightest resource has {margin / GIB:.1f} GiB to spare)", []
     lines = [f"verdict: DOES NOT FIT (short by {max(plan.shortfall, 0) / GIB:.1f} GiB)"]
     lines += [f"  - {p}" for p in plan.problems]

@@ -148,9 +148,18 @@ def _rollout_rows(cfg, shape: ModelShape, gpu_bytes: float, on_gpu: bool):
 def _gpu_counts(cfg) -> tuple[int, int, int, int]:
     """GPUs of (learner, rollout, evaluator) and the total the placement needs."""
     lc, rc, ec = cfg.learner, cfg.rollout, cfg.evaluator
-    learner = math.ceil(lc.num_ranks * lc.gpus_per_rank) if lc.gpus_per_rank > 0 else 0
-    rollout = math.ceil(rc.num_workers * rc.gpus_per_worker) if rc.gpus_per_worker > 0 else 0
-    evaluator = math.ceil(ec.num_runners * ec.gpus_per_runner) if ec.gpus_per_runner > 0 else 0
+    colocated = cfg.placement.mode == "colocated"
+
+    def gpus(count: int, share: float) -> int:
+        if share <= 0:
+            return 0
+        if colocated and share < 1:     # colocated: actor i of each role is pinned to GPU i (runtime/trainer.py)
+            return count
+        return math.ceil(count * share)
+
+    learner = gpus(lc.num_ranks, lc.gpus_per_rank)
+    rollout = gpus(rc.num_workers, rc.gpus_per_worker)
+    evaluator = gpus(ec.num_runners, ec.gpus_per_runner)
     total = max(learner, rollout, evaluator) if cfg.placement.mode == "colocated" else learner + rollout + evaluator
     return learner, rollout, evaluator, total
 
