@@ -168,7 +168,7 @@ def main(cfg, args) -> int:
         except (OSError, ConfigError) as e:
             print(f"config error: --resume {resume}: {e}", file=sys.stderr)
             return 2
-    if not _fits(cfg):          # before anything starts or is written
+    if not _fits(cfg) or not _tasks_ok(cfg):          # before anything starts or is written
         return 2
     if not resume:
         rd = run_dir_for(cfg)
@@ -203,6 +203,22 @@ def _fits(cfg) -> bool:
         print(f"{report.message}\nrun.skip_fit_check=true: starting anyway", file=sys.stderr, flush=True)
     elif not report.checked:
         print(report.message, flush=True)
+    return True
+
+
+def _tasks_ok(cfg) -> bool:
+    """Load the task list once here (AST checks only, no size profile) so a missing directory or a broken task file
+    is a config error before anything starts, not a failed trial. The trainable loads them again where it runs:
+    under `ray job submit`, tasks.path must exist on that node too."""
+    if cfg.run.pipeline != "kernel_grpo":
+        return True
+    import dataclasses
+    from kernel_eval.tasks import TaskError, load_tasks
+    try:
+        load_tasks(dataclasses.replace(cfg.tasks, size_profile="as_published"))
+    except TaskError as e:
+        print(f"config error: tasks: {e}", file=sys.stderr)
+        return False
     return True
 
 

@@ -48,6 +48,20 @@ def test_bad_yaml_key_names_the_closest(tmp_path):
     assert os.listdir(tmp_path) == ["bad.yaml"]
 
 
+@pytest.mark.parametrize("args, must_name", [
+    (["tasks.source=dir", "tasks.path=/no/such/kernelbench"], ["tasks", "/no/such/kernelbench"]),
+    (["tasks.names=[no_such_task]"], ["tasks", "no_such_task"]),
+])
+def test_missing_tasks_exit_2_before_anything_starts(tmp_path, args, must_name):
+    r = _launch("train", "--config", os.path.join(ROOT, "configs", "tiny_test.yaml"),
+                f"run.output_dir={tmp_path}", *args, cwd=str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    for s in must_name:
+        assert s in r.stderr, (s, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "tiny-test")), "a run directory was created"
+
+
 def test_resume_of_a_missing_run_exits_2(tmp_path):
     r = _launch("train", "--resume", str(tmp_path / "nothing-here"), cwd=str(tmp_path))
     assert r.returncode == 2 and "nothing-here" in r.stderr
