@@ -19,8 +19,8 @@
   trial from its last checkpoint; `--resume RUN_DIR` is Tuner.restore(<run dir>/tune, resume_errored=True).
 - SIGINT/SIGTERM: the controller abandons the step in progress (its state is the one from before the step), writes a
   final checkpoint, then Tune ends the experiment (SIGUSR1, Tune's graceful stop) so the trial stays resumable.
-  A second signal exits at once. Under `ray job submit` use RAY_JOB_STOP_SIGNAL=SIGINT and a longer
-  RAY_JOB_STOP_WAIT_TIME_S (docs/operations.md).
+  A second signal exits at once. Under `ray job submit` put RAY_JOB_STOP_SIGNAL=SIGINT and a longer
+  RAY_JOB_STOP_WAIT_TIME_S in the job's runtime_env env_vars (docs/operations.md).
 """
 from __future__ import annotations
 
