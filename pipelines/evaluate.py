@@ -346,8 +346,8 @@ def main(cmd: str, cfg, args) -> int:
     print(f"{cmd}: policy {learner_dir or cfg.model.name_or_path}; output {out}", flush=True)
     own_ray = not ray.is_initialized()
     if own_ray:
-        from runtime.trainer import _init_ray
-        _init_ray(cfg)
+        from runtime.trainer import init_ray
+        init_ray(cfg)
     actors = None
     try:
         actors = start_actors(cfg, learner_dir)

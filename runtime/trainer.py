@@ -182,7 +182,7 @@ def main(cfg, args) -> int:
     if not resume:
         with open(rd.config, "w") as fh:
             fh.write(text)
-    _init_ray(cfg)
+    init_ray(cfg)
     try:
         return _fit(cfg, rd, resume=bool(resume))
     finally:
@@ -222,7 +222,7 @@ def _tasks_ok(cfg) -> bool:
     return True
 
 
-def _init_ray(cfg) -> None:
+def init_ray(cfg) -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")      # our handler checkpoints first, then stops Tune
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -6,6 +6,10 @@
 
 "ok" in `expect` means the candidate must be accepted (honest controls, or cheats that turn out to be ineffective).
 Used by tests/test_adversarial.py and benchmarks/adversarial_sweep.py.
+
+The runtime CPU cheats repeat one C++ source on purpose: each candidate must be a self-contained module (the
+static checks forbid importing anything else), and identical sources compile once through the content-hash
+build cache, so the default test run pays for a single build.
 """
 from __future__ import annotations
 
