@@ -107,8 +107,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = f(0.5, "vLLM share of GPU memory")
     enable_sleep: bool = f(True, "vLLM sleep/wake to share GPUs in colocated placement")
     quantization: Optional[str] = f(None, "vLLM quantization (e.g. fp8)")
-    weight_sync: Literal["ipc", "disk"] = f("ipc", "vLLM weight updates: ipc (CUDA IPC handles through vLLM's "
-                                                   "weight-transfer API) or disk (safetensors + reload_weights)")
+    weight_sync: Literal["ipc", "disk", "nccl"] = f(
+        "ipc", "vLLM weight updates: ipc (CUDA IPC handles through vLLM's weight-transfer API), disk (safetensors + "
+               "reload_weights), or nccl (learner rank 0 broadcasts to the engines on other GPUs; disaggregated only)")
     vllm_enforce_eager: bool = f(False, "vLLM without CUDA graphs / torch.compile (faster start, slower decode)")
     batch_wait_ms: float = f(5.0, "a RolloutWorker collects concurrent requests this long (or until "
                                   "max_concurrent_sequences) before one engine call")
@@ -470,6 +471,12 @@ def validate(cfg: Config) -> Config:
     if cfg.rollout.engine == "vllm" and cfg.rollout.gpus_per_worker <= 0:
         raise ConfigError("rollout.gpus_per_worker: the vllm engine needs GPUs (set it to >= 1, "
                           "or use rollout.engine=hf on CPU)")
+    if cfg.rollout.weight_sync == "nccl" and (cfg.rollout.engine != "vllm" or cfg.placement.mode != "disaggregated"
+                                              or cfg.learner.gpus_per_rank <= 0):
+        raise ConfigError(f"rollout.weight_sync: 'nccl' needs rollout.engine=vllm (got {cfg.rollout.engine}), "
+                          f"placement.mode=disaggregated (got {cfg.placement.mode}) and a learner on GPUs "
+                          f"(learner.gpus_per_rank >= 1, got {cfg.learner.gpus_per_rank}): the learner's rank 0 and "
+                          f"the engines must sit on different GPUs; colocated runs use weight_sync=ipc")
     if cfg.learner.backend == "deepspeed" and cfg.learner.gpus_per_rank <= 0:
         raise ConfigError("learner.gpus_per_rank: the deepspeed backend needs GPUs (set it to 1, "
                           "or use learner.backend=torch on CPU)")
