@@ -16,8 +16,11 @@
   the object store, which costs one host copy.
 - sleep(level=1) offloads weights to CPU memory and drops the KV cache; level=2 drops the weights too (a
   load_weights must follow wake_up).
-- Models: a Hugging Face directory or hub name is given to vLLM as is; tiny random models and GGUF files are first
-  written as a transformers checkpoint to a temporary directory (vLLM reads neither directly here).
+- Models: a Hugging Face directory or hub name is given to vLLM as is; random models (tiny_random, random_init) and
+  GGUF files are first written as a transformers checkpoint to a temporary directory (vLLM reads neither directly).
+- A weight update while asleep (colocated: the pipeline syncs weights after training, before the next wake_up) first
+  wakes the weights alone (sleep level 1 unmaps them; writing into them would be an illegal address), loads, and
+  leaves the KV cache asleep; wake_up then wakes what is still asleep.
 - Streaming (continuous batching, `supports_streaming`): `start_request` hands one request to the running vLLM engine
   with the public `LLM.enqueue` (same prompt rendering and request ids as LLM.generate; final output only) and `step`
   runs one `LLM.llm_engine.step()` -- exactly the loop LLM.generate runs internally, except that requests may be added
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
     """(directory vLLM can load, temporary directory to delete later or None)."""
     source, gguf = resolve_source(model_cfg.name_or_path, model_cfg.gguf_file)
-    if not model_cfg.tiny_random and not gguf:
+    if not model_cfg.tiny_random and not getattr(model_cfg, "random_init", False) and not gguf:
         return source, None
     tmp = tempfile.mkdtemp(prefix="sandbox-rl-vllm-model-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     model = load_model(model_cfg, seed=seed, device="cpu")
@@ -109,6 +112,7 @@ class VLLMEngine(Engine):
         self.eos_ids = sorted(ids)
         self.weight_version = 0
         self._live: dict[str, list[int]] = {}        # streamed requests in flight: vLLM request id -> prompt
+        self._asleep_tags: set[str] = set()           # vLLM memory tags still asleep ("weights", "kv_cache")
 
     def __repr__(self) -> str:
         return f"VLLMEngine(weight_sync={self.weight_sync}, weight_version={self.weight_version})"
@@ -186,6 +190,9 @@ class VLLMEngine(Engine):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._idle("load_weights")
+        if "weights" in self._asleep_tags:            # unmapped while asleep: map them back before writing
+            self.llm.wake_up(tags=["weights"])
+            self._asleep_tags.discard("weights")
         if self.weight_sync == "ipc":
             self._load_ipc(state)
         else:
@@ -223,10 +230,17 @@ class VLLMEngine(Engine):
 
     def sleep(self, level: int = 1) -> None:
         self._idle("sleep")            # vLLM's sleep would abort them
+        if self._asleep_tags:
+            return                     # already asleep (vLLM would only warn)
         self.llm.sleep(level=level)
+        self._asleep_tags = {"weights", "kv_cache"}
 
     def wake_up(self) -> None:
-        self.llm.wake_up()
+        if self._asleep_tags == {"weights", "kv_cache"}:
+            self.llm.wake_up()
+        elif self._asleep_tags:        # the weights woke for an update: only the rest (re-mapping them would fail)
+            self.llm.wake_up(tags=sorted(self._asleep_tags))
+        self._asleep_tags = set()
 
     def close(self) -> None:
         del self.llm
