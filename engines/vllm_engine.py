@@ -11,9 +11,12 @@
            CUDA IPC handles with the weight-transfer API (start_weight_update / update_weights / finish_weight_update).
     "disk": the state dict is written as safetensors to a temporary directory (in /dev/shm when it exists) and vLLM
            reloads it with collective_rpc("reload_weights", weights_path=...). Slower; works whatever the transport.
-  Not implemented: the NCCL weight-transfer backend for disaggregated placement (the learner on other GPUs would have
-  to join a process group with the engine); disaggregated runs use "ipc" after the state dict has travelled through
-  the object store, which costs one host copy.
+    "nccl": (disaggregated placement) the engine's workers join one NCCL group with the learner's rank 0
+           (`init_weight_transfer`, once) and each `receive_weights(meta)` runs vLLM's update_weights while the
+           learner broadcasts the tensors that `meta` lists (engines/weight_transfer.py is the trainer side; no host
+           copy, no object store). A state dict given to load_weights (e.g. by a test) is loaded through "disk".
+           A broadcast that fails halfway leaves the engine's layers half reloaded: the run must restart from its
+           checkpoint (the controller's timeouts surface it).
 - sleep(level=1) offloads weights to CPU memory and drops the KV cache; level=2 drops the weights too (a
   load_weights must follow wake_up).
 - Models: a Hugging Face directory or hub name is given to vLLM as is; random models (tiny_random, random_init) and
@@ -30,7 +33,8 @@
   their outputs too); so do load_weights and sleep (the driver drains first).
 Limits: one engine per process; requests are not preempted for a weight update (the update waits for them).
 
-GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py --part vllm`.
+GPU check: `python -m pytest tests/test_engines.py -m gpu -q` and `python benchmarks/rollout_throughput.py --part vllm`;
+NCCL sync (2 GPUs): `python -m pytest tests/test_weight_transfer_gpu.py -m gpu -q`.
 """
 from __future__ import annotations
 
@@ -93,8 +97,8 @@ class VLLMEngine(Engine):
             kw["distributed_executor_backend"] = "mp"
         if rollout_cfg.quantization:
             kw["quantization"] = rollout_cfg.quantization
-        if self.weight_sync == "ipc":
-            kw["weight_transfer_config"] = {"backend": "ipc"}
+        if self.weight_sync in ("ipc", "nccl"):
+            kw["weight_transfer_config"] = {"backend": self.weight_sync}
         self.llm = LLM(**kw)
         if self.weight_sync == "ipc":
             self.llm.init_weight_transfer_engine({"init_info": {}})
@@ -111,6 +115,7 @@ class VLLMEngine(Engine):
                                                            [gen_eos] if gen_eos is not None else [])
         self.eos_ids = sorted(ids)
         self.weight_version = 0
+        self._nccl_ready = False                     # init_weight_transfer done (weight_sync=nccl)
         self._live: dict[str, list[int]] = {}        # streamed requests in flight: vLLM request id -> prompt
         self._asleep_tags: set[str] = set()           # vLLM memory tags still asleep ("weights", "kv_cache")
 
@@ -190,14 +195,17 @@ class VLLMEngine(Engine):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._idle("load_weights")
-        if "weights" in self._asleep_tags:            # unmapped while asleep: map them back before writing
-            self.llm.wake_up(tags=["weights"])
-            self._asleep_tags.discard("weights")
+        self._wake_weights()
         if self.weight_sync == "ipc":
             self._load_ipc(state)
         else:
             self._load_disk(state)
         self.llm.reset_prefix_cache()
+
+    def _wake_weights(self) -> None:
+        if "weights" in self._asleep_tags:            # unmapped while asleep: map them back before writing
+            self.llm.wake_up(tags=["weights"])
+            self._asleep_tags.discard("weights")
 
     def _load_ipc(self, state: dict[str, torch.Tensor]) -> None:
         from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
@@ -217,6 +225,32 @@ class VLLMEngine(Engine):
         llm.finish_weight_update()
         del gpu
         torch.cuda.empty_cache()
+
+    def init_weight_transfer(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        """Join the NCCL weight-transfer group (weight_sync=nccl). Blocks until the learner's rank 0 and every other
+        engine worker have joined: call it concurrently with the learner's side."""
+        if self.weight_sync != "nccl":
+            raise RuntimeError(f"VLLMEngine.init_weight_transfer: rollout.weight_sync is {self.weight_sync!r}, "
+                               f"not 'nccl'")
+        self.llm.init_weight_transfer_engine({"init_info": {
+            "master_address": str(master_address), "master_port": int(master_port),
+            "rank_offset": int(rank_offset), "world_size": int(world_size)}})
+        self._nccl_ready = True
+
+    def receive_weights(self, meta: dict) -> None:
+        """Receive one NCCL broadcast of the weights that `meta` (engines.weight_transfer.transfer_metadata) lists,
+        while the learner sends them; then drop the prefix cache (its KV was computed with the old weights)."""
+        from engines.weight_transfer import check_update_info
+        self._idle("receive_weights")
+        if not self._nccl_ready:
+            raise RuntimeError("VLLMEngine.receive_weights: init_weight_transfer was not called (weight_sync=nccl)")
+        check_update_info(meta)
+        self._wake_weights()
+        llm = self.llm
+        llm.start_weight_update()
+        llm.update_weights({"update_info": dict(meta)})
+        llm.finish_weight_update()
+        llm.reset_prefix_cache()
 
     def _load_disk(self, state: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
