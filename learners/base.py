@@ -74,6 +74,22 @@ def split_even(items: Sequence, parts: int) -> list[list]:
     return out
 
 
+@dataclass
+class RankShares:
+    """How one batch is cut over data-parallel ranks: rank r trains `slices[r]` (contiguous, sizes differ by at most
+    one, larger first) padded with masked-out copies up to `pad_to` samples, so that every rank runs the same number
+    of forwards (ZeRO-3 gathers parameters collectively in each)."""
+    slices: list
+    pad_to: int
+
+
+def split_for_ranks(items: Sequence, world_size: int) -> RankShares:
+    """Split `items` (samples or their refs) over `world_size` ranks; see RankShares. Rank 0 holds the largest slice,
+    so it never trains padding; a slice may be empty only when there are fewer items than ranks."""
+    slices = split_even(list(items), world_size)
+    return RankShares(slices, max(len(s) for s in slices) if slices else 0)
+
+
 def enable_activation_checkpointing(model) -> None:
     """Recompute activations in backward (non-reentrant: works with ZeRO-3 and frozen inputs)."""
     fn = getattr(model, "activation_checkpointing_enable", None)    # the newer transformers name
@@ -218,6 +234,23 @@ class LearnerBackend:
     def train_mode(self, on: bool) -> None:
         raise NotImplementedError
 
+    def _data_parallel_world(self) -> int:
+        """Ranks whose gradients the backend AVERAGES after backward (DeepSpeed: its world size). 1 = no averaging;
+        above 1, torch.distributed must be initialized and every rank must call train_batch / logprobs together."""
+        return 1
+
+    def _global_part_counts(self, sequences: float, tokens: float) -> tuple[float, float, float]:
+        """(sequences, tokens, loss factor) that make the gradient averaged over ranks equal the gradient of the whole
+        part on one rank: every rank divides by the counts summed over ranks (real samples only, not padding) and
+        multiplies by the world size (the backend then divides by it). One tiny all-reduce per part on every rank."""
+        world = self._data_parallel_world()
+        if world == 1:
+            return sequences, tokens, 1.0
+        import torch.distributed as dist
+        t = torch.tensor([sequences, tokens], dtype=torch.float64, device=self.device)   # [2]
+        dist.all_reduce(t)
+        return float(t[0]), float(t[1]), float(world)
+
     # shared ------------------------------------------------------------------------------------------------
     def _part_loss_scale(self, mb: Batch, part_sequences: int, part_tokens: float) -> float:
         """Factor that makes the micro-batch losses sum to the part loss for the non-constant normalizations."""
@@ -259,18 +292,24 @@ class LearnerBackend:
         self.train_mode(True)
         acc = _MetricAcc()
         for part in split_even(list(samples), gradient_steps):
-            part_tokens = float(sum(len(s.response_ids) for s in part if not s.meta.get("padding")))
+            real = [s for s in part if not s.meta.get("padding")]
+            part_seqs, part_tokens, factor = self._global_part_counts(
+                float(len(real)), float(sum(len(s.response_ids) for s in real)))
             mbs = chunks(part, self.lcfg.micro_batch_samples)
             self._zero_grad()
             for i, mb_samples in enumerate(mbs):
                 self._begin_micro_batch(last_in_part=(i == len(mbs) - 1))
                 mb = collate(mb_samples, self.pad_id, self.device)
-                loss, out, ent = self.micro_batch_loss(mb, len(part), part_tokens)
+                loss, out, ent = self.micro_batch_loss(mb, max(part_seqs, 1.0), part_tokens)
+                if factor != 1.0:
+                    loss = loss * factor
                 self._backward(loss, last_in_part=(i == len(mbs) - 1))
                 acc.add_micro(mb, loss, out, ent)
             acc.add_step(self._optimizer_step())
             self.step += 1
         m = acc.result(gradient_steps)
+        # 1.0 when liger's fused kernels run in the model (learners/fused_kernels.py); a number, so metric sinks keep it
+        m["fused_kernels_liger"] = 1.0 if str(getattr(self, "fused_kernels", "")).startswith("liger") else 0.0
         m["lr"] = self.current_lr()
         m["seconds"] = time.perf_counter() - t0
         m["tokens_per_s"] = m["tokens"] / max(m["seconds"], 1e-9)
@@ -279,14 +318,35 @@ class LearnerBackend:
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
-        """Log-probs of each sample's response tokens under the current weights, at the sampling temperature."""
+        """Log-probs of each sample's response tokens under the current weights, at the sampling temperature.
+
+        With several data-parallel ranks every rank must call it with the same samples (a ZeRO-3 forward gathers
+        parameters collectively: a forward on one rank alone waits forever). Each rank then computes its even share
+        (padded to the same number of forwards) and all ranks return the whole list."""
+        world = self._data_parallel_world()
+        samples = [_unpadded(s) for s in samples]
+        if world == 1 or not samples:
+            return self._local_logprobs(samples)
+        import torch.distributed as dist
+        rank = dist.get_rank()
+        shares = split_for_ranks(samples, world)
+        mine = shares.slices[rank] or [samples[0]]                       # an empty share still runs the forwards
+        mine = mine + [mine[-1]] * (shares.pad_to - len(mine))
+        got = self._local_logprobs(mine)[:len(shares.slices[rank])]
+        every: list = [None] * world
+        dist.all_gather_object(every, got)
+        return [lp for part in every for lp in part]
+
+    def _local_logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
         self.train_mode(False)
         out: list[list[float]] = []
-        for mb_samples in chunks(list(samples), self.lcfg.micro_batch_samples):
-            mb = collate([_unpadded(s) for s in mb_samples], self.pad_id, self.device)
-            logp = token_logprobs_entropy(self._logits(mb), mb.targets, self.temperature)[0].cpu()   # [B, K]
-            out.extend(logp[b, a:e].tolist() for b, (a, e) in enumerate(mb.resp_ranges))
-        self.train_mode(True)
+        try:
+            for mb_samples in chunks(list(samples), self.lcfg.micro_batch_samples):
+                mb = collate(mb_samples, self.pad_id, self.device)
+                logp = token_logprobs_entropy(self._logits(mb), mb.targets, self.temperature)[0].cpu()   # [B, K]
+                out.extend(logp[b, a:e].tolist() for b, (a, e) in enumerate(mb.resp_ranges))
+        finally:
+            self.train_mode(True)
         return out
 
 

@@ -8,8 +8,11 @@ every method together (train_batch, state_dict_cpu, save, load): they contain co
 
 Gradient accumulation is driven by hand (set_gradient_accumulation_boundary before each micro-batch, one engine.step()
 per part) with DeepSpeed's own gradient_accumulation_steps = 1, so DeepSpeed does not rescale our loss: the
-micro-batch losses already add up to the part loss. DeepSpeed averages gradients over ranks, so each rank normalizes
-by its own (equal, padded) sample count. Weights for the rollout engines are gathered one parameter at a time
+micro-batch losses already add up to the part loss. DeepSpeed averages gradients over ranks, so each rank divides its
+loss by the part's counts summed over all ranks (real samples and tokens; padding excluded) and multiplies it by the
+world size (LearnerBackend._global_part_counts): the averaged gradient then equals the gradient of the whole part on
+one rank, also when the batch does not split evenly or token counts differ between ranks. Log-probs
+(LearnerBackend.logprobs) are computed by all ranks together, each on its share. Weights for the rollout engines are gathered one parameter at a time
 (GatheredParameters), so no rank ever holds more than one full tensor on GPU besides its shard.
 
 Limits: the ZeRO-3 model is built inside zero.Init through transformers' HfDeepSpeedConfig (never materialized whole
@@ -25,6 +28,7 @@ import torch
 
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers, decoder_layers,
                            enable_activation_checkpointing, lr_factor, model_inputs)
+from learners.fused_kernels import apply_fused_kernels
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
 
 
@@ -92,6 +96,10 @@ class DeepSpeedLearner(LearnerBackend):
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.learner.zero_stage == 3 else None
         build = model_factory or (lambda: _load_policy(cfg, self.device))
         model = build()
+        # Before checkpointing / leaf hooks / compile wrap the modules: liger rebinds the norms' and MLPs' forward.
+        self.fused_kernels = apply_fused_kernels(model, cfg.learner.fused_kernels, self.device)
+        if self.rank == 0:
+            print(f"[learner] fused kernels: {self.fused_kernels}", flush=True)
         if cfg.learner.gradient_checkpointing:
             enable_activation_checkpointing(model)
         if leaf_layers and cfg.learner.zero_stage == 3:
@@ -107,6 +115,9 @@ class DeepSpeedLearner(LearnerBackend):
         if cfg.algo.kl_coef > 0:
             ref_cfg = deepspeed_config(cfg, self.world_size, with_optimizer=False, zero_overrides=zero_overrides)
             ref = build()
+            apply_fused_kernels(ref, cfg.learner.fused_kernels, self.device)
+            if leaf_layers and cfg.learner.zero_stage == 3:
+                _set_leaf_layers(ref)
             ref.eval()
             self.ref_engine = deepspeed.initialize(model=ref, config=ref_cfg)[0]
             self.ref_engine.eval()
@@ -116,7 +127,7 @@ class DeepSpeedLearner(LearnerBackend):
 
     def __repr__(self) -> str:
         return (f"DeepSpeedLearner(rank={self.rank}/{self.world_size}, zero={self.lcfg.zero_stage}, "
-                f"step={self.step})")
+                f"fused_kernels={self.fused_kernels}, step={self.step})")
 
     # hooks -------------------------------------------------------------------------------------------------
     def _forward(self, engine, batch: Batch) -> torch.Tensor:
@@ -147,6 +158,9 @@ class DeepSpeedLearner(LearnerBackend):
 
     def current_lr(self) -> float:
         return float(self.engine.get_lr()[0])
+
+    def _data_parallel_world(self) -> int:
+        return self.world_size                 # ZeRO averages gradients over the data-parallel ranks
 
     def train_mode(self, on: bool) -> None:
         self.engine.train(on)

@@ -17,6 +17,7 @@ import torch
 
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers,
                            enable_activation_checkpointing, lr_factor, model_inputs)
+from learners.fused_kernels import apply_fused_kernels
 
 
 def total_optimizer_steps(cfg) -> int:
@@ -48,9 +49,13 @@ class TorchLearner(LearnerBackend):
             from engines.models import load_model
             model = load_model(_with_dtype(cfg.model, "float32"), seed=cfg.run.seed, device=self.device)
         self.model = model.to(device=self.device, dtype=torch.float32)     # fp32 master weights
+        self.fused_kernels = apply_fused_kernels(self.model, cfg.learner.fused_kernels, self.device)
+        if self.device.type == "cuda":
+            print(f"[learner] fused kernels: {self.fused_kernels}", flush=True)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval()
+            apply_fused_kernels(self.ref_model, cfg.learner.fused_kernels, self.device)   # rebinds to the copy
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if cfg.learner.gradient_checkpointing:
@@ -67,7 +72,8 @@ class TorchLearner(LearnerBackend):
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"TorchLearner(params={n / 1e6:.1f}M, device={self.device}, step={self.step})"
+        return (f"TorchLearner(params={n / 1e6:.1f}M, device={self.device}, fused_kernels={self.fused_kernels}, "
+                f"step={self.step})")
 
     # hooks -------------------------------------------------------------------------------------------------
     def _forward(self, model, batch: Batch) -> torch.Tensor:

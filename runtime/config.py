@@ -150,6 +150,10 @@ class LearnerConfig:
     gradient_checkpointing: bool = f(False, "recompute activations in backward")
     precision: Literal["fp32", "bf16"] = f("fp32", "torch backend precision (bf16: bf16 autocast, fp32 master "
                                                    "weights); the deepspeed backend always computes in bf16")
+    fused_kernels: Literal["auto", "liger", "none"] = f(
+        "auto", "fused model kernels (RMSNorm, SwiGLU MLP, rotary) in the learner's model: liger = liger-kernel's "
+                "Triton kernels (CUDA only; an error names why when they cannot be applied); auto = liger on a CUDA "
+                "device when liger-kernel imports and supports the model, else none; none = the model as built")
 
 
 @dataclass
