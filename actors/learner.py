@@ -11,6 +11,11 @@ diverging copies, so the group refuses learner.num_ranks > 1 with it).
 Weights: async_weights() asks every rank (ZeRO-3 gathers collectively) and returns rank 0's result ref: a dict of CPU
 tensors stored once in the object store, fetched by any number of rollout workers.
 
+NCCL weight sync (rollout.weight_sync=nccl, engines on other GPUs): rank 0 joins one NCCL group with the vLLM engines
+(async_init_weight_transfer) and each async_send_weights broadcasts the weights straight from its GPU while the engines
+receive (engines/weight_transfer.py); under ZeRO-3 every rank takes part in the layer-by-layer gathers. Nothing goes
+through the object store or host memory.
+
 Failures: a rank that dies makes `LearnerGroup.get` raise LearnerRankError naming the rank and its actor; the pipeline
 then restarts the trial from its last checkpoint (Ray Tune). Ranks are not restarted in place: their optimizer state
 and the NCCL group would be lost anyway.
@@ -44,6 +49,7 @@ class LearnerRank:
         self.world_size = world_size
         self.name = name
         self.backend = None
+        self.sender = None                  # engines.weight_transfer.NCCLWeightSender (rollout.weight_sync=nccl)
 
     def __repr__(self) -> str:                       # shown as the log prefix and in the dashboard
         return f"LearnerRank({self.name}, rank={self.rank}/{self.world_size}, backend={self.cfg.learner.backend})"
@@ -93,6 +99,29 @@ class LearnerRank:
         """Full weights as CPU tensors on rank 0 (None elsewhere). All ranks must be asked together."""
         return self._need_backend().state_dict_cpu() if (self.rank == 0 or self.world_size > 1) else None
 
+    # NCCL weight transfer (engines/weight_transfer.py) -------------------------------------------------------------
+    def weight_transfer_metadata(self) -> dict:
+        """vLLM update_info of this model's weights (names, dtypes, full shapes in send order); reads no weights."""
+        from engines.weight_transfer import backend_module, transfer_metadata
+        module, _, dtype = backend_module(self._need_backend())
+        return transfer_metadata(module, dtype)
+
+    def init_weight_transfer(self, master_address: str, master_port: int, world_size: int) -> str:
+        """Rank 0 joins the NCCL group with the engines (blocks until all members joined); other ranks only take
+        part in the gathers of send_weights."""
+        from engines.weight_transfer import NCCLWeightSender
+        self._need_backend()
+        self.sender = NCCLWeightSender(master_address, master_port, world_size, rank=self.rank)
+        return repr(self.sender)
+
+    def send_weights(self, meta: dict) -> dict:
+        """Broadcast the weights as `meta` lists them (rank 0); every rank must be called together (ZeRO-3 gathers)."""
+        from engines.weight_transfer import backend_module
+        if self.sender is None:
+            raise LearnerError(f"{self.name}: init_weight_transfer was not called")
+        module, gather, _ = backend_module(self._need_backend())
+        return self.sender.send(module, meta, gather)
+
     def logprobs(self, sample_refs: list) -> list[list[float]]:
         turns = ray.get(list(sample_refs), timeout=self.cfg.ray.get_timeout_s)
         return self._need_backend().logprobs(build_train_samples(turns, [0.0] * len(turns)))
@@ -125,6 +154,7 @@ class LearnerGroup:
         self.timeout_s = cfg.ray.get_timeout_s
         self.ranks = []
         self._ref_rank: dict[Any, int] = {}
+        self._transfer_meta: Optional[dict] = None
         remote_cls = ray.remote(LearnerRank)
         for r in range(self.world_size):
             opts: dict[str, Any] = {"num_cpus": lc.cpus_per_rank, "num_gpus": lc.gpus_per_rank,
@@ -170,6 +200,25 @@ class LearnerGroup:
         """Ref to rank 0's full weights (dict[str, CPU Tensor], stored once in the object store)."""
         refs = [self._track(a.weights.remote(), r) for r, a in enumerate(self.ranks)]
         return refs[0]
+
+    def async_weight_transfer_endpoint(self):
+        """Ref to (IP, free port) of rank 0's node: the NCCL weight-transfer group's rendezvous address."""
+        return self._track(self.ranks[0].node_ip_and_free_port.remote(), 0)
+
+    def async_init_weight_transfer(self, master_address: str, master_port: int, world_size: int) -> list:
+        """Every rank builds its sender; rank 0 joins the group (call the engines' side concurrently)."""
+        return [self._track(a.init_weight_transfer.remote(master_address, master_port, world_size), r)
+                for r, a in enumerate(self.ranks)]
+
+    def weight_transfer_metadata(self) -> dict:
+        """Rank 0's vLLM update_info (cached: names and shapes do not change during a run)."""
+        if self._transfer_meta is None:
+            self._transfer_meta = self.get(self._track(self.ranks[0].weight_transfer_metadata.remote(), 0))
+        return self._transfer_meta
+
+    def async_send_weights(self, meta: dict) -> list:
+        """One NCCL broadcast of the current weights (rank 0 sends, every rank gathers); one stats ref per rank."""
+        return [self._track(a.send_weights.remote(meta), r) for r, a in enumerate(self.ranks)]
 
     def async_save(self, directory: str) -> list:
         return [self._track(a.save.remote(directory), r) for r, a in enumerate(self.ranks)]

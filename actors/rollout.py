@@ -7,7 +7,7 @@ evaluated (no barrier between turns), so requests arrive at different times. One
         is finished, whatever else is in flight (at most rollout.max_concurrent_sequences in flight; more queue).
   hf    batches: when the engine becomes free, everything queued goes into the next call at once; only a request that
         finds the engine idle waits rollout.batch_wait_ms for company. A request arriving during a call waits for it.
-update_weights / sleep / wake_up DRAIN: no new request starts, the ones in flight finish, then the call runs, so each
+update_weights / receive_weights (NCCL) / sleep / wake_up DRAIN: no new request starts, the ones in flight finish, then the call runs, so each
 TurnSample's weight_version is the version that sampled all of its tokens (an update waits for the longest request in
 flight).
 
@@ -181,6 +181,33 @@ class RolloutWorker:
     def _load(self, state: dict, version: int) -> int:
         t = time.perf_counter()
         self._engine.load_weights(state)
+        self._engine.weight_version = int(version)
+        self._stats["weight_updates"] += 1
+        self._stats["weight_update_s"] += time.perf_counter() - t
+        return self._engine.weight_version
+
+    async def init_weight_transfer(self, master_address: str, master_port: int, rank_offset: int,
+                                   world_size: int) -> str:
+        """Join the NCCL weight-transfer group with the learner's rank 0 (rollout.weight_sync=nccl; vllm engine).
+        Runs on the engine thread and blocks until every member has joined: the controller calls the learner's side
+        and every worker's concurrently (pipelines/kernel_grpo.py init_nccl_weight_sync)."""
+        if not hasattr(self._engine, "init_weight_transfer"):
+            raise RuntimeError(f"{self.name}: {type(self._engine).__name__} has no NCCL weight transfer "
+                               f"(rollout.weight_sync=nccl needs rollout.engine=vllm)")
+        await self._driver.call(self._engine.init_weight_transfer, master_address, int(master_port),
+                                int(rank_offset), int(world_size))
+        return self.name
+
+    async def receive_weights(self, meta: dict, version: int) -> int:
+        """Receive one NCCL broadcast of the learner's weights (`meta`: engines.weight_transfer.transfer_metadata)
+        while the learner sends it. Drains first, like update_weights; later requests carry `version`."""
+        if not hasattr(self._engine, "receive_weights"):
+            raise RuntimeError(f"{self.name}: {type(self._engine).__name__} cannot receive NCCL weights")
+        return await self._driver.call(self._receive, meta, version)
+
+    def _receive(self, meta: dict, version: int) -> int:
+        t = time.perf_counter()
+        self._engine.receive_weights(meta)
         self._engine.weight_version = int(version)
         self._stats["weight_updates"] += 1
         self._stats["weight_update_s"] += time.perf_counter() - t

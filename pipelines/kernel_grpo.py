@@ -223,8 +223,7 @@ class KernelGRPO:
         from runtime import checkpoint
         timeout = self.cfg.ray.get_timeout_s
         checkpoint.load(directory, self, self.learner, timeout)
-        weights = self.learner.async_weights()
-        ray.get([w.update_weights.remote(weights, self.weight_version) for w in self.workers], timeout=timeout)
+        sync_weights(self.cfg, self.learner, self.workers, self.weight_version, timeout)
 
     def make_request(self, step: int) -> Callable:
         from actors.rollout import TurnRequest
@@ -268,12 +267,11 @@ class KernelGRPO:
         train_metrics = _mean_dicts(ray.get(self.learner.async_train(sample_refs, scored["advantages"]),
                                             timeout=timeout)) if sample_refs else {}
         t_train = time.time() - t0
-        # 7. weight sync: one export, every worker loads it under the next version
+        # 7. weight sync: every worker loads the new weights under the next version (one object-store export, or
+        #    one NCCL broadcast from the learner's GPU with rollout.weight_sync=nccl)
         t0 = time.time()
         self.weight_version += 1
-        weights_ref = self.learner.async_weights()
-        ray.get([w.update_weights.remote(weights_ref, self.weight_version) for w in self.workers], timeout=timeout)
-        del weights_ref
+        sync_weights(cfg, self.learner, self.workers, self.weight_version, timeout)
         t_sync = time.time() - t0
         # 8. metrics
         m = dict(scored["metrics"])
@@ -295,6 +293,68 @@ class KernelGRPO:
 
     def _call_workers(self, method: str, timeout: float) -> None:
         ray.get([getattr(w, method).remote() for w in self.workers], timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------------------ weight sync
+def sync_weights(cfg, learner, workers: list, version: int, timeout_s: float) -> None:
+    """Every rollout worker loads the learner's current weights under `version`. rollout.weight_sync=nccl (vllm,
+    disaggregated): the workers receive and the learner ranks send concurrently over the group that
+    init_nccl_weight_sync set up. Otherwise rank 0's CPU state dict goes once into the object store and every worker
+    loads it (hf engines; vllm through ipc or disk)."""
+    if cfg.rollout.engine == "vllm" and cfg.rollout.weight_sync == "nccl":
+        meta = learner.weight_transfer_metadata()
+        recv = [w.receive_weights.remote(meta, version) for w in workers]
+        send = learner.async_send_weights(meta)
+        wait_all(recv + send, timeout_s, f"NCCL weight sync (version {version})")
+        return
+    weights_ref = learner.async_weights()
+    ray.get([w.update_weights.remote(weights_ref, version) for w in workers], timeout=timeout_s)
+
+
+def init_nccl_weight_sync(cfg, learner, workers: list, timeout_s: float) -> dict:
+    """Form the NCCL group of the learner's rank 0 (rank 0 of the group, listening on a free port of its node) and
+    every vLLM worker (engine i: ranks offset_i .. offset_i + tensor_parallel_size - 1). All members join at once, so
+    the learner's and every worker's init run concurrently. Returns the transfer metadata (names, dtypes, shapes)."""
+    from engines.weight_transfer import engine_ranks
+    addr, port = learner.get(learner.async_weight_transfer_endpoint(), timeout_s)
+    world, offsets = engine_ranks([cfg.rollout.tensor_parallel_size] * len(workers))
+    refs = learner.async_init_weight_transfer(addr, port, world)
+    refs += [w.init_weight_transfer.remote(addr, port, off, world) for w, off in zip(workers, offsets)]
+    t0 = time.time()
+    wait_all(refs, timeout_s, f"NCCL weight-transfer group ({world} members at {addr}:{port})")
+    meta = learner.weight_transfer_metadata()
+    print(f"[weight sync] NCCL group of {world} ready in {time.time() - t0:.1f}s ({len(meta['names'])} tensors per "
+          f"sync)", flush=True)
+    return meta
+
+
+def wait_all(refs: list, timeout_s: float, what: str) -> list:
+    """Results of all refs, failing fast: the first error raises at once (the peers of a collective would otherwise
+    block until the timeout). A timeout names how many are still pending. After a failure of a collective its group is
+    unusable; the trial restarts from its last checkpoint."""
+    pending = list(refs)
+    index = {r: i for i, r in enumerate(refs)}
+    out: list = [None] * len(refs)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError(f"{what}: {len(pending)} of {len(refs)} calls unfinished after {timeout_s:.0f}s "
+                               f"(ray.get_timeout_s)")
+        for r in ready:
+            try:
+                out[index[r]] = ray.get(r, timeout=max(1.0, deadline - time.monotonic()))
+            except Exception as e:
+                raise RuntimeError(f"{what} failed: {_reason(e)}") from e
+    return out
+
+
+def _reason(e: BaseException) -> str:
+    """The remote exception's own type and message (a RayTaskError's first line is only the task's header)."""
+    cause = getattr(e, "cause", None)
+    err = cause if isinstance(cause, BaseException) else e
+    lines = [ln for ln in str(err).splitlines() if ln.strip()] or [""]
+    return f"{type(err).__name__}: {lines[0][:300]}"
 
 
 def _groups(tasks: list, trajs: list[Trajectory], g: int) -> tuple[list[dict], list]:
@@ -327,8 +387,8 @@ class Actors:
 
 def build_actors(cfg, run_dir) -> Actors:
     """Start every actor of a kernel GRPO run (inside the Tune trial, so they land in its placement group).
-    Rollout workers and the learner are started in parallel; the first weight sync makes every engine hold the
-    learner's weights under version 0."""
+    Rollout workers and the learner are started in parallel; with rollout.weight_sync=nccl the NCCL group is formed
+    next; the first weight sync makes every engine hold the learner's weights under version 0."""
     from actors.evaluator import start_evaluator_pool
     from actors.learner import LearnerGroup
     from actors.reward import RewardAggregator
@@ -346,8 +406,9 @@ def build_actors(cfg, run_dir) -> Actors:
     pool = start_evaluator_pool(cfg.evaluator, name="evaluator-pool")
     aggregator = RewardAggregator.options(name="reward-aggregator").remote(
         cfg.algo, cfg.run.name, run_dir.trajectories if cfg.run.log_trajectories else None, timeout)
-    weights = learner.async_weights()
-    ray.get([w.update_weights.remote(weights, 0) for w in workers], timeout=timeout)
+    if cfg.rollout.engine == "vllm" and cfg.rollout.weight_sync == "nccl":
+        init_nccl_weight_sync(cfg, learner, workers, timeout)
+    sync_weights(cfg, learner, workers, 0, timeout)
     return Actors(tasks, workers, pool, learner, aggregator)
 
 
