@@ -4,10 +4,11 @@ three length normalizations when the batch does not split evenly (7 samples on 2
 padding copy), and that log-probs computed by both ranks together are the one-process log-probs on every rank.
 
 The ranks average their gradients with an all-reduce before each optimizer step, as DeepSpeed ZeRO does; everything
-else is the learners/ code the DeepSpeed ranks run. The same checks on 2 GPUs with DeepSpeed ZeRO-3 (-m gpu):
+else is the learners/ code the DeepSpeed ranks run. On 2 GPUs (-m gpu), two DeepSpeed ZeRO-3 ranks, each on its own GPU
+seen as cuda:0, compute log-probs together, train an uneven batch, export weights (rank 0) and resume from a checkpoint:
 
     python -m pytest tests/test_learner_ranks.py -q
-    python -m pytest tests/test_learner_ranks.py -q -m gpu        # needs 2 GPUs and deepspeed
+    python -m pytest tests/test_learner_ranks.py -q -m gpu -k deepspeed
 """
 from __future__ import annotations
 
@@ -128,3 +129,69 @@ def test_two_ranks_average_to_the_one_process_gradient_and_share_logprobs():
         mean_loss = sum(res[r][norm]["loss"] for r in range(WORLD)) / WORLD
         assert mean_loss == pytest.approx(m["loss"], rel=1e-5, abs=1e-7), norm
         assert sum(float(g.abs().sum()) for g in ln.grads) > 0
+
+
+# ----------------------------------------------------------------------------------------------------- GPU
+def _ds_rank_main(rank: int, port: int, gpus: list, ckpt: str, results) -> None:
+    """One DeepSpeed ZeRO-3 rank on its own GPU seen as cuda:0, as a Ray learner actor runs it."""
+    os.environ.update({"CUDA_VISIBLE_DEVICES": gpus[rank], "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": "0"})
+    for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+        os.environ.setdefault(k, v)
+    try:
+        from learners.deepspeed_learner import DeepSpeedLearner
+        cfg = make_cfg(**{"learner.backend": "deepspeed", "learner.gpus_per_rank": 1, "learner.zero_stage": 3,
+                          "learner.num_ranks": WORLD, "learner.lr": 1e-3, "learner.micro_batch_samples": 2})
+        ds = DeepSpeedLearner(cfg, model_factory=lambda: tiny_model(0), pad_id=0)
+        samples = make_samples(tiny_model(0))
+        shares = split_for_ranks(samples, WORLD)
+        mine = shares.slices[rank] + [padding_sample(shares.slices[rank][-1])
+                                      for _ in range(shares.pad_to - len(shares.slices[rank]))]
+        out = {"logprobs": ds.logprobs(samples)}                    # collective forward on both ranks
+        out["train"] = ds.train_batch(mine, 1)
+        sd = ds.state_dict_cpu()                                    # collective gather; rank 0 gets the weights
+        out["weights"] = None if sd is None else sorted(sd)
+        ds.save(ckpt)
+        expected = ds.train_batch(mine, 1)
+        ds.load(ckpt)
+        out.update(step_after_load=ds.step, expected=expected["loss"], got=ds.train_batch(mine, 1)["loss"])
+        results[rank] = out
+    except Exception:
+        results[rank] = {"error": traceback.format_exc()}
+
+
+@pytest.mark.gpu
+def test_deepspeed_two_ranks_logprobs_train_export_resume(tmp_path):
+    pytest.importorskip("deepspeed")
+    if torch.cuda.device_count() < WORLD:
+        pytest.skip(f"needs {WORLD} GPUs")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        port = _free_port()
+        procs = [ctx.Process(target=_ds_rank_main, args=(r, port, gpus, str(tmp_path / "ckpt"), results))
+                 for r in range(WORLD)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=400)
+        alive = [p.pid for p in procs if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        res = dict(results)
+    for r in range(WORLD):
+        assert r in res and "error" not in res[r], res.get(r, {}).get("error", f"rank {r} returned nothing")
+    assert not alive
+    samples = make_samples(tiny_model(0))
+    for r in range(WORLD):
+        lps = res[r]["logprobs"]                                   # bf16 compute: ratio 1 up to bf16 error
+        assert len(lps) == len(samples)
+        assert max(abs(x - y) for s, lp in zip(samples, lps) for x, y in zip(s.sampling_logprobs, lp)) < 5e-2
+        assert res[r]["train"]["grad_norm"] > 0 and res[r]["step_after_load"] == 1
+        assert res[r]["got"] == pytest.approx(res[r]["expected"], rel=1e-3, abs=1e-6)
+    assert res[0]["logprobs"] == res[1]["logprobs"]
+    assert res[0]["train"]["grad_norm"] == pytest.approx(res[1]["train"]["grad_norm"], rel=1e-5)
+    assert res[0]["weights"] == sorted(tiny_model(0).state_dict()) and res[1]["weights"] is None
