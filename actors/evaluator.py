@@ -91,8 +91,9 @@ class EvaluatorPool:
 
     def _new_compiler(self, i: int) -> Any:
         self.generation += 1
-        return CompileWorker.options(name=f"{self.name}-compile-{i}-g{self.generation}").remote(
-            self.cfg, f"{self.name}-compile-{i}")
+        from kernel_eval.build import compile_jobs           # each worker reserves the cores its compiler jobs use
+        return CompileWorker.options(name=f"{self.name}-compile-{i}-g{self.generation}",
+                                     num_cpus=compile_jobs(self.cfg)).remote(self.cfg, f"{self.name}-compile-{i}")
 
     def _new_runner(self, i: int) -> Any:
         self.generation += 1

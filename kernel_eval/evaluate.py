@@ -35,7 +35,7 @@ import statistics
 import time
 from typing import Any, Optional
 
-from kernel_eval.build import compile_candidate, install_payload, stage_extensions
+from kernel_eval.build import build_env, compile_candidate, install_payload, stage_extensions
 from kernel_eval.feedback import make_feedback, trim_log
 from kernel_eval.result import EvalResult
 
@@ -235,8 +235,8 @@ def run_candidate(task: Any, code: str, keys: list, cfg: Any, res: EvalResult,
     device = device or ("cuda:0" if cfg.backend == "cuda" else "cpu")
     limits = SandboxLimits(wall_s=cfg.run_timeout_s, memory_mb=None if device.startswith("cuda")
                            else cfg.memory_limit_mb, isolate_network=cfg.isolate_network)
-    sb = acquire_sandbox(limits, threads=cfg.cpu_threads, warm=getattr(cfg, "warm_sandboxes", 0),
-                         parent_dir=cfg.work_dir)
+    sb = acquire_sandbox(limits, threads=cfg.cpu_threads, extra_env=build_env(cfg) or None,
+                         warm=getattr(cfg, "warm_sandboxes", 0), parent_dir=cfg.work_dir)   # same arch -> same keys
     ext_dir = os.path.join(sb.workdir, "ext")
     try:
         if payload is not None:
