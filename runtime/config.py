@@ -174,8 +174,17 @@ class EvaluatorConfig:
     memory_limit_mb: int = f(8192, "address-space limit of a CPU sandbox process")
     isolate_network: bool = f(True, "run sandboxes in a new network namespace when the OS allows it")
     precompiled_header: bool = f(True, "build torch/extension.h once per flag set as a precompiled header and "
-                                       "inject it into C++ builds (halves C++ compile time; ~0.8 GB per flag set)")
-    compile_jobs: int = f(2, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process")
+                                       "inject it into the host .cpp of C++ and CUDA builds (halves its compile "
+                                       "time; ~0.8 GB per flag set; nvcc's .cu passes cannot use it)")
+    compile_jobs: int = f(1, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process; each compile worker "
+                             "reserves this many CPUs from Ray, so num_compile_workers x compile_jobs = the cores "
+                             "Ray gives compilation (no oversubscription). 1 suits CUDA builds: the .cu takes ~85% "
+                             "of a build's CPU, so a second job mostly idles a core another worker could use")
+    host_object_cache: bool = f(True, "cache the C++ objects of a build (the host binding main.cpp) by content hash "
+                                      "of command, source and compiler; a candidate with the same cpp_sources, "
+                                      "functions, name and flags reuses the object and compiles only its .cu")
+    cuda_arch_list: str = f("", "TORCH_CUDA_ARCH_LIST for CUDA builds (part of the build key); '': the environment's, "
+                                "else the node's GPUs from nvidia-smi as torch would pick them (X.Y+PTX)")
     timing_input_sets: int = f(3, "input sets rotated through timed calls (identity caches miss)")
     work_dir: Optional[str] = f(None, "parent of per-candidate temporary directories; None: the system temp dir")
     warm_sandboxes: int = f(1, "sandbox processes pre-spawned per kind (torch already imported, limits applied; each "
