@@ -7,15 +7,17 @@ KernelBench level-1 activations ($KERNELBENCH_DIR or ../shared/kernelbench; skip
 here, and near-duplicates of both, as RL produces them: the same kernel with a comment/whitespace change (same C++)
 or another block size (new C++).
 
-- ours: compile workers (threads, one per core, each compile sandboxed with MAX_JOBS=2) into a content-hash build
-  cache (fresh, cold at start), pre-spawned sandbox processes, one GPU runner (a lock: exclusive GPU while checking
-  and timing); compilation overlaps the GPU runs.
+- ours: compile workers (threads; --compile-workers x --compile-jobs = the cores, default one job per worker, one
+  worker per core: no oversubscription) into a content-hash build cache (fresh, cold at start) with the host-object
+  cache (--no-object-cache to turn off) and the precompiled header for the host .cpp (--no-pch), pre-spawned sandbox
+  processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU runs.
 - baseline (KernelBench style, independent of our protocol): per candidate a fresh `python` process that calls
   load_inline itself into a fresh TORCH_EXTENSIONS_DIR (no cache, no precompiled header), 16 processes at a time;
   each checks correctness on seeded get_inputs() (torch.allclose, atol = rtol = 1e-2) and times reference and kernel
   with CUDA events, the GPU phase serialized across processes by a file lock. Same trial counts as ours.
 
-Reported per side: wall seconds, kernels/minute, compile CPU-seconds (compile processes and their compilers),
+Reported per side: wall seconds, candidates/s and kernels/minute, compile CPU-seconds in total and per finished
+candidate (compile processes and their compilers), the speedup of candidates/s over the baseline,
 sandbox start-up seconds on the critical path (ours: request -> ready; baseline: interpreter + torch import), GPU-held
 seconds; verdicts (correct or not) per candidate must be identical (asserted after the results are written: exit 1
 otherwise). Robust: a failing candidate is recorded with its reason; each side has a time budget and the script ends
@@ -134,7 +136,7 @@ def build_candidates(n: int, profile: str, backend: str = "cuda") -> list:
 
 
 # ------------------------------------------------------------------------------------------------------------ ours
-def run_ours(cands: list, cfg, budget_s: float) -> tuple[list, dict]:
+def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dict]:
     import torch
     from kernel_eval.build import compile_candidate
     from kernel_eval.evaluate import _finish, run_candidate
@@ -166,7 +168,7 @@ def run_ours(cands: list, cfg, budget_s: float) -> tuple[list, dict]:
             res.reason = "evaluator_error"
             return _finish(res, f"{type(e).__name__}: {e}")
 
-    return _pooled(one, cands, max(2, os.cpu_count() or 2), budget_s, "ours"), acc
+    return _pooled(one, cands, workers, budget_s, "ours"), acc
 
 
 def _pooled(fn, cands: list, workers: int, budget_s: float, label: str) -> list:
@@ -325,6 +327,11 @@ def main() -> int:
                     help="global limit (a watchdog ends the script 30 s after it); ours gets half, the baseline the rest")
     ap.add_argument("--backend", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: a smoke run of the script itself with the built-in C++ solutions (no GPU)")
+    ap.add_argument("--compile-jobs", type=int, default=1, help="ours: compiler jobs (MAX_JOBS) per compile")
+    ap.add_argument("--compile-workers", type=int, default=0,
+                    help="ours: concurrent compiles; 0: cores // compile-jobs (no oversubscription)")
+    ap.add_argument("--no-pch", action="store_true", help="ours: no precompiled header for the host .cpp")
+    ap.add_argument("--no-object-cache", action="store_true", help="ours: no host-object cache")
     ap.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_one:
@@ -334,26 +341,30 @@ def main() -> int:
     watchdog = threading.Timer(args.timeout_s + 30.0, lambda: os._exit(3))   # never hang, whatever happens
     watchdog.daemon = True
     watchdog.start()
+    from kernel_eval.build import cuda_arch_list
     from runtime.config import EvaluatorConfig
     out_dir = os.environ.get("OUT", "bench_out")
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="eval-throughput-")
-    cfg = EvaluatorConfig(backend=args.backend, gpus_per_runner=1 if args.backend == "cuda" else 0, cache_dir=os.path.join(work, "ours-cache"),
-                          compile_jobs=2, run_timeout_s=60, compile_timeout_s=150, warm_sandboxes=2,
-                          work_dir=work, precompiled_header=args.backend == "cpu")
-    # nvcc dominates a CUDA build; the header's one-off ~36 s build would only stall a cold start
+    cfg = EvaluatorConfig(backend=args.backend, gpus_per_runner=1 if args.backend == "cuda" else 0,
+                          cache_dir=os.path.join(work, "ours-cache"), compile_jobs=max(1, args.compile_jobs),
+                          run_timeout_s=60, compile_timeout_s=150, warm_sandboxes=2, work_dir=work,
+                          precompiled_header=not args.no_pch, host_object_cache=not args.no_object_cache)
+    # the header is built by the first compile that needs it; the others do not wait for it
+    workers = args.compile_workers or max(1, (os.cpu_count() or 2) // cfg.compile_jobs)
     trials = {"correctness_trials": cfg.correctness_trials, "timing_warmup": cfg.timing_warmup,
               "timing_trials": cfg.timing_trials}
     cands = build_candidates(args.candidates, args.size_profile, args.backend)
-    print(f"{len(cands)} candidates ({len({c for _, _, c in cands})} distinct sources), "
-          f"{os.cpu_count()} cores", flush=True)
+    print(f"{len(cands)} candidates ({len({c for _, _, c in cands})} distinct sources), {os.cpu_count()} cores; "
+          f"ours: {workers} compile workers x {cfg.compile_jobs} jobs, pch={cfg.precompiled_header}, "
+          f"object cache={cfg.host_object_cache}, arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
     for label in ("ours", "baseline"):
         share = budget * 0.5 if label == "ours" else args.timeout_s - (time.monotonic() - t_start) - 5.0
         t0 = time.monotonic()
         if label == "ours":
-            results, split = run_ours(cands, cfg, share)
+            results, split = run_ours(cands, cfg, share, workers)
             results = [r.to_dict() if r is not None else None for r in results]
         else:
             results, split = run_baseline(cands, trials, share, work, args.backend)
@@ -361,6 +372,7 @@ def main() -> int:
         done = [r for r in results if r is not None]
         verdicts[label] = [None if r is None else bool(r.get("correct")) for r in results]
         rows[label] = {"wall_s": wall, "finished": len(done), "kernels_per_minute": len(done) * 60.0 / wall,
+                       "candidates_per_s": len(done) / wall,
                        "correct": sum(bool(r.get("correct")) for r in done), **split,
                        "results": [dict(candidate=c[0], **({k: r.get(k) for k in ("correct", "reason", "speedup",
                                                                                   "ref_ms", "kernel_ms", "detail")}
@@ -370,16 +382,23 @@ def main() -> int:
     both = [i for i in range(len(cands)) if verdicts["ours"][i] is not None and verdicts["baseline"][i] is not None]
     differ = [cands[i][0] for i in both if verdicts["ours"][i] != verdicts["baseline"][i]]
     ratio = rows["ours"]["kernels_per_minute"] / max(1e-9, rows["baseline"]["kernels_per_minute"])
+    for r in rows.values():
+        r["compile_cpu_s_per_candidate"] = r["compile_cpu_s"] / max(1, r["finished"])
+        r["speedup_vs_baseline"] = r["candidates_per_s"] / max(1e-9, rows["baseline"]["candidates_per_s"])
     summary = {"candidates": len(cands), "compared": len(both), "verdicts_identical": not differ,
+               "cores": os.cpu_count(), "compile_workers": workers, "compile_jobs": cfg.compile_jobs,
+               "precompiled_header": cfg.precompiled_header, "host_object_cache": cfg.host_object_cache,
                "verdicts_differ": differ, "throughput_ratio": ratio, "size_profile": args.size_profile, **rows}
     with open(os.path.join(out_dir, "eval_throughput.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
-    table = ["| evaluator | finished | kernels/min | wall s | compile CPU-s | compile wall-s (sum) | start-up s (sum) "
-             "| GPU-held s | correct |", "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| evaluator | finished | candidates/s | kernels/min | speedup | wall s | compile CPU-s | CPU-s/candidate "
+             "| compile wall-s (sum) | start-up s (sum) | GPU-held s | correct |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
-        table.append(f"| {k} | {r['finished']}/{len(cands)} | {r['kernels_per_minute']:.1f} | {r['wall_s']:.0f} | "
-                     f"{r['compile_cpu_s']:.0f} | {r['compile_wall_s']:.0f} | {r['startup_s']:.1f} | "
-                     f"{r['gpu_s']:.1f} | {r['correct']} |")
+        table.append(f"| {k} | {r['finished']}/{len(cands)} | {r['candidates_per_s']:.3f} | "
+                     f"{r['kernels_per_minute']:.1f} | {r['speedup_vs_baseline']:.2f}x | {r['wall_s']:.0f} | "
+                     f"{r['compile_cpu_s']:.0f} | {r['compile_cpu_s_per_candidate']:.1f} | {r['compile_wall_s']:.0f} | "
+                     f"{r['startup_s']:.1f} | {r['gpu_s']:.1f} | {r['correct']} |")
     table.append(f"\nthroughput ratio {ratio:.2f}x; verdicts identical on {len(both)} candidates: {not differ}"
                  + (f" (differ: {', '.join(differ)})" if differ else ""))
     with open(os.path.join(out_dir, "eval_throughput.md"), "w") as fh:

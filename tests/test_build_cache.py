@@ -1,0 +1,48 @@
+"""Host-object cache of the build step (CPU, real compilation): a candidate whose load_inline differs from an
+earlier one only where main.cpp's compilation does not look (here: extra_ldflags) reuses the cached main.o and only
+links; both load and compute correct results. A compile process that changes its object after building it does not
+get it published. Shares the session cache of tests/test_evaluator.py (its one relu build is reused here).
+
+    python -m pytest tests/test_build_cache.py -q
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernel_eval.build import compile_candidate
+from kernel_eval.evaluate import evaluate_candidate
+from test_evaluator import RELU_OK, RELU_TASK, make_cfg
+
+LINK_VARIANT = RELU_OK.replace('extra_cflags=["-O3"])', 'extra_cflags=["-O3"], extra_ldflags=["-lm"])')
+
+
+def test_shared_host_object_reused_and_both_correct():
+    cfg = make_cfg(host_object_cache=True, timing_trials=1, timing_warmup=0, correctness_trials=2)
+    first = evaluate_candidate(RELU_TASK, RELU_OK, cfg)              # builds main.o (or finds the session's build)
+    assert first.correct and first.stage == "done", first.detail
+    objects = os.path.join(cfg.cache_dir, "objects")
+    assert LINK_VARIANT != RELU_OK
+    build = compile_candidate(LINK_VARIANT, "cpu", cfg, torch.__version__)
+    assert build.ok and not build.cache_hit, build.log[-2000:]
+    assert "host objects from the cache: main.o" in build.log, build.log
+    assert build.objects_published == 0 and build.cpu_s < 15.0, (build.objects_published, build.cpu_s)
+    assert len(os.listdir(objects)) >= 1
+    second = evaluate_candidate(RELU_TASK, LINK_VARIANT, cfg)
+    assert second.correct and second.stage == "done" and second.cache_hit, second.detail
+
+
+def test_object_changed_after_build_not_published(tmp_path):
+    """The candidate's module overwrites its freshly built objects before the compile process ends: the sha256
+    taken right after the build no longer matches, so nothing of it enters the cache."""
+    code = RELU_OK.replace("q[i] = p[i] > 0.f ? p[i] : 0.f;\n  return y;\n}\n// writes",
+                           "q[i] = p[i] > 0.f ? p[i] : 0.f;\n  return y + 0;\n}\n// writes", 1) + '''
+import glob
+for _p in glob.glob("out/*/*.o") + glob.glob("out/*/*.so"):
+    open(_p, "wb").write(b"tampered")
+'''
+    cfg = make_cfg(cache_dir=str(tmp_path), host_object_cache=True)
+    build = compile_candidate(code, "cpu", cfg, torch.__version__)
+    assert not os.listdir(tmp_path / "objects") if (tmp_path / "objects").exists() else True
+    assert not build.ok and "no shared library" in build.log, build.log[-2000:]
