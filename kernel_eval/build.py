@@ -33,7 +33,7 @@ preprocessed output), so the .cu is compiled in full for every distinct candidat
 ~10 s with the header, 0 s from the object cache. C++ builds (one trivial load_inline): 28 s plain, 13 s with the
 header; cache hit: 0 s (no compile process).
 
-    python -m pytest tests/test_evaluator.py -q -k cache
+    python -m pytest tests/test_evaluator.py tests/test_build_cache.py -q -k "cache or object"
 """
 from __future__ import annotations
 
