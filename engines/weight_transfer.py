@@ -213,6 +213,10 @@ class NCCLWeightSender:
                                  f"(first at index {i}: module {mine[key][i] if i < len(mine[key]) else '<end>'!r}, "
                                  f"metadata {meta[key][i] if i < len(meta[key]) else '<end>'!r})")
         t0 = time.perf_counter()
+        if torch.cuda.is_available():
+            # vLLM's packer reads the weights on its own (non-blocking) streams, which do not wait for the default
+            # stream: the optimizer step that wrote them must be finished first
+            torch.cuda.synchronize()
         tensors = iter_transfer_tensors(module, dtype, gather, materialize=self.rank == 0)
         if self.rank != 0:
             for _ in tensors:           # drive the collective gathers in lockstep with rank 0
@@ -239,13 +243,10 @@ def backend_module(backend) -> tuple[torch.nn.Module, Optional[GatherFactory], t
     dtype = getattr(backend, "export_dtype", torch.bfloat16)
     engine = getattr(backend, "engine", None)
     if engine is not None and hasattr(engine, "module"):
-        gather = None
-        if int(getattr(getattr(backend, "lcfg", None), "zero_stage", 0)) == 3:
-            import deepspeed
-
-            def gather(params):
-                return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return engine.module, gather, dtype
+        if int(getattr(getattr(backend, "lcfg", None), "zero_stage", 0)) != 3:
+            return engine.module, None, dtype
+        import deepspeed
+        return engine.module, lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None), dtype
     model = getattr(backend, "model", None)
     if model is None:
         raise TypeError(f"{type(backend).__name__}: no .model or .engine.module to send weights from")
