@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections import Counter
 from typing import Any, Optional, Sequence
@@ -170,6 +171,22 @@ class RewardAggregator:
     def publish(self, metrics: dict) -> None:
         """Set the ray.util.metrics gauges/counters from a step's metrics (the controller adds phase times)."""
         self.metrics.record(metrics)
+
+    def save_samples(self, path: str, refs: list) -> int:
+        """Write the TurnSamples behind `refs` to `path` (a checkpoint's buffered batch; the controller never holds
+        them). Returns how many; a failed generation's ref is stored as None."""
+        samples = self._get_samples(list(refs))
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(samples, fh)
+        os.replace(tmp, path)
+        return len(samples)
+
+    def load_samples(self, path: str) -> list:
+        """Refs to the TurnSamples `save_samples` wrote, in the same order (owned by this long-lived actor)."""
+        with open(path, "rb") as fh:
+            samples = pickle.load(fh)
+        return [ray.put(s) for s in samples]
 
     def truncate_trajectories(self, from_step: int) -> int:
         """Drop lines of steps >= from_step (a resumed run redoes them). Returns the lines dropped."""

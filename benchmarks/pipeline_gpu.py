@@ -8,6 +8,8 @@ recorded with the tail of its output and the others still run):
   d_a   2 GPUs, disaggregated: rollout + runners on one GPU, learner on the other
   d_b   2 GPUs, disaggregated: rollout on one GPU, learner + runners on the other
   c2    2 GPUs, colocated across both: 2 rollout workers, 2 learner ranks (ZeRO-3 over 2), runners on both
+  d_a_nccl  d_a with rollout.weight_sync=nccl (learner rank 0 broadcasts to the engine)
+  d_a_lag1  d_a with algo.max_policy_lag_steps=1 (the next step's rollouts run while the learner trains)
 The actors are built here the way pipelines.kernel_grpo.build_actors does inside the Tune trial (bundles and pinning
 from runtime.trainer.bundle_plan, in a placement group this script creates; the evaluator pool captures its compile
 workers and runners into the group) rather than through the Tune trainable, because the replay evaluator below has to
@@ -98,6 +100,8 @@ def _weight_sync_modes() -> tuple:
 
 if "nccl" in _weight_sync_modes():      # the vLLM NCCL weight transfer: d_a with it
     CASES["d_a_nccl"] = dict(CASES["d_a"], weight_sync="nccl")
+# d_a with algo.max_policy_lag_steps=1: the next step's rollouts overlap this step's training
+CASES["d_a_lag1"] = dict(CASES["d_a"], lag=1)
 
 
 def variant_of(trajectory_id: int, turn: int) -> str:
@@ -195,7 +199,7 @@ def case_config(name: str, args, out_dir: str):
          "rollout.enable_sleep": True, "rollout.weight_sync": c.get("weight_sync", args.weight_sync),
          "rollout.vllm_enforce_eager": not args.cuda_graphs,
          "algo.tasks_per_step": args.tasks_per_step, "algo.trajectories_per_task": args.trajectories,
-         "algo.max_turns": 2, "algo.gradient_steps_per_batch": 2,
+         "algo.max_turns": 2, "algo.gradient_steps_per_batch": 2, "algo.max_policy_lag_steps": c.get("lag", 0),
          "learner.backend": "torch" if cpu else "deepspeed", "learner.num_ranks": c["ranks"],
          "learner.gpus_per_rank": 0.0 if cpu else c["learner_gpu"], "learner.cpus_per_rank": 1 if cpu else 2,
          "learner.lr": 1e-6, "learner.micro_batch_samples": 4, "learner.zero_stage": 3,

@@ -23,6 +23,7 @@ evaluation never held generation up; Kevin's system spent ~55% of its time so.
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import ray
+
+
+BUFFERED_SAMPLES = "buffered_samples.pkl"      # checkpoint file: the policy-lag batch's TurnSamples
 
 
 # ------------------------------------------------------------------------------------------------------ task sampling
@@ -102,6 +106,18 @@ class RolloutStats:
     stall_s: float = 0.0            # mean over workers of their idle-waiting-for-evaluation time (see module doc)
     turns: int = 0
     failed_turns: int = 0
+
+
+@dataclass
+class Batch:
+    """One step's rollouts: the trajectories (sample refs + EvalResults) and the sampler state before its draw."""
+    step: int
+    task_ids: list
+    tasks: list
+    trajs: list                     # [Trajectory]
+    stats: RolloutStats
+    sampler_before: dict
+    generated_in_s: float = 0.0     # wall time of the step it was generated in, when that was an earlier step
 
 
 def run_trajectories(tasks: list, trajectories_per_task: int, max_turns: int, workers: list, pool,
@@ -203,26 +219,63 @@ class KernelGRPO:
         self.step = 0
         self.weight_version = 0
         self.sampler = TaskSampler(len(tasks), cfg.run.seed)
+        self._next: Optional[Batch] = None      # the next step's batch, generated during this one (policy lag 1)
 
     # -- state (runtime/checkpoint.py stores it with the learner's weights and optimizer)
     def state_dict(self) -> dict:
+        """Small state only. A buffered next batch (policy lag 1) is described here (EvalResults, trajectory
+        metadata, rollout stats); its TurnSamples are written by `save` through the aggregator actor."""
+        b = self._next
+        buffered = None if b is None else {
+            "step": b.step, "task_ids": list(b.task_ids), "stats": vars(b.stats), "generated_in_s": b.generated_in_s,
+            "sampler_before": b.sampler_before,
+            "trajectories": [{"task_index": t.task_index, "trajectory_id": t.trajectory_id, "worker": t.worker,
+                              "results": list(t.results), "error": t.error, "turns": len(t.refs)} for t in b.trajs]}
         return {"step": self.step, "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
-                "buffered_samples": []}     # nothing is buffered across steps: a step trains on its own samples
+                "buffered_batch": buffered}
 
-    def load_state_dict(self, s: dict) -> None:
+    def load_state_dict(self, s: dict, sample_refs: Optional[list] = None) -> None:
+        """`sample_refs`: the buffered batch's TurnSample refs in trajectory/turn order (from `restore`)."""
         self.step, self.weight_version = int(s["step"]), int(s["weight_version"])
         self.sampler.load_state_dict(s["sampler"])
+        self._next = None
+        b = s.get("buffered_batch")
+        if b is None:
+            return
+        if sample_refs is None:         # no samples to go with it: draw and generate that step again
+            self.sampler.load_state_dict(b["sampler_before"])
+            return
+        refs, trajs = iter(sample_refs), []
+        tasks = [self.tasks[i] for i in b["task_ids"]]
+        for t in b["trajectories"]:
+            tr = Trajectory(t["task_index"], tasks[t["task_index"]], t["trajectory_id"], t["worker"],
+                            refs=[next(refs) for _ in range(t["turns"])], results=list(t["results"]),
+                            error=t["error"])
+            trajs.append(tr)
+        self._next = Batch(b["step"], list(b["task_ids"]), tasks, trajs, RolloutStats(**b["stats"]),
+                           b["sampler_before"], b["generated_in_s"])
 
     def save(self, directory: str) -> str:
-        """Full checkpoint (runtime/checkpoint.py): controller state, RNG states, learner weights and optimizer."""
+        """Full checkpoint (runtime/checkpoint.py): controller state, RNG states, learner weights and optimizer, and
+        the buffered next batch's TurnSamples (written by the aggregator actor: the controller never holds them)."""
         from runtime import checkpoint
-        return checkpoint.save(directory, self, self.learner, self.cfg.ray.get_timeout_s)
+        timeout = self.cfg.ray.get_timeout_s
+        os.makedirs(directory, exist_ok=True)
+        if self._next is not None:
+            refs = [r for t in self._next.trajs for r in t.refs]
+            ray.get(self.aggregator.save_samples.remote(os.path.join(directory, BUFFERED_SAMPLES), refs),
+                    timeout=timeout)
+        return checkpoint.save(directory, self, self.learner, timeout)
 
     def restore(self, directory: str) -> None:
         """Load a checkpoint and give every rollout worker the restored weights under the restored version."""
         from runtime import checkpoint
         timeout = self.cfg.ray.get_timeout_s
-        checkpoint.load(directory, self, self.learner, timeout)
+        state = checkpoint.load(directory, self, self.learner, timeout)
+        path = os.path.join(directory, BUFFERED_SAMPLES)
+        if state.get("buffered_batch") is not None and os.path.exists(path):
+            refs = ray.get(self.aggregator.load_samples.remote(path), timeout=timeout)
+            self.load_state_dict(state, sample_refs=refs)
         sync_weights(self.cfg, self.learner, self.workers, self.weight_version, timeout)
 
     def make_request(self, step: int) -> Callable:
@@ -239,24 +292,21 @@ class KernelGRPO:
         return make
 
     def train_step(self) -> Optional[dict]:
-        """One GRPO step. Returns the step's metrics, or None when a stop request abandoned it (state unchanged)."""
+        """One GRPO step. Returns the step's metrics, or None when a stop request abandoned it (state unchanged).
+
+        algo.max_policy_lag_steps=1 (disaggregated placement): while the learner trains on this step's batch, the
+        rollout workers already generate and evaluate the next step's batch under the current weights (one update
+        behind the weights that batch is trained from; the clipped ratio against the sampling log-probs corrects
+        for it). The buffered batch is part of the checkpoint. A stop request during that overlap finishes this
+        step (its update and sync) and drops the half-made next batch (its tasks are drawn again)."""
         cfg, a, timeout = self.cfg, self.cfg.algo, self.cfg.ray.get_timeout_s
         t_step = time.time()
-        # 1. draw the step's tasks (the sampler state is restored if the step is abandoned)
-        sampler_before = self.sampler.state_dict()
-        task_ids = self.sampler.draw(a.tasks_per_step)
-        tasks = [self.tasks[i] for i in task_ids]
-        # 2. wake the engines (colocated: they slept while the learner trained)
-        self._call_workers("wake_up", timeout) if self._sleeps() else None
-        # 3. generate and evaluate: every trajectory advances on its own evaluation
-        trajs, rs = run_trajectories(tasks, a.trajectories_per_task, a.max_turns, self.workers, self.pool,
-                                     self.make_request(self.step), timeout_s=timeout, stop=self.stop,
-                                     progress=self.progress)
-        if trajs is None:
-            self.sampler.load_state_dict(sampler_before)
+        # 1-4. this step's batch: buffered by the previous step (policy lag 1), or drawn and rolled out now
+        batch, self._next = (self._next, None) if self._next is not None and self._next.step == self.step \
+            else (self._rollout(self.step), None)
+        if batch is None:
             return None
-        # 4. engines sleep while the learner trains (colocated placement, engines that support it)
-        self._call_workers("sleep", timeout) if self._sleeps() else None
+        tasks, trajs, rs = batch.tasks, batch.trajs, batch.stats
         # 5. scores, turn returns, group advantages, rollout metrics, trajectories.jsonl (in the aggregator)
         t0 = time.time()
         groups, sample_refs = _groups(tasks, trajs, a.trajectories_per_task)
@@ -264,8 +314,14 @@ class KernelGRPO:
         t_score = time.time() - t0
         # 6. learner update on the sample refs (the learner resolves them; the controller never does)
         t0 = time.time()
-        train_metrics = _mean_dicts(ray.get(self.learner.async_train(sample_refs, scored["advantages"]),
-                                            timeout=timeout)) if sample_refs else {}
+        train_ref = self.learner.async_train(sample_refs, scored["advantages"]) if sample_refs else None
+        #    policy lag 1: the next step's rollouts run while the learner trains
+        t_overlap = 0.0
+        if a.max_policy_lag_steps > 0 and self.step + 1 < cfg.run.total_steps:
+            t1 = time.time()
+            self._next = self._rollout(self.step + 1)
+            t_overlap = time.time() - t1
+        train_metrics = _mean_dicts(ray.get(train_ref, timeout=timeout)) if train_ref is not None else {}
         t_train = time.time() - t0
         # 7. weight sync: every worker loads the new weights under the next version (one object-store export, or
         #    one NCCL broadcast from the learner's GPU with rollout.weight_sync=nccl)
@@ -273,19 +329,43 @@ class KernelGRPO:
         self.weight_version += 1
         sync_weights(cfg, self.learner, self.workers, self.weight_version, timeout)
         t_sync = time.time() - t0
-        # 8. metrics
+        # 8. metrics (the rollout times are those of the batch trained here, wherever it was generated)
         m = dict(scored["metrics"])
         versions = sorted({s["weight_version"] for s in scored["sample_meta"]})
         m.update({"step": self.step, "tasks": [t.name for t in tasks], "weight_version": self.weight_version,
                   "sampled_weight_versions": versions, **{k: v for k, v in train_metrics.items()},
                   "time_generate_s": rs.generate_s, "time_evaluate_s": rs.evaluate_s, "time_rollout_s": rs.wall_s,
                   "time_score_s": t_score, "time_train_s": t_train, "time_sync_s": t_sync, "weight_sync_s": t_sync,
-                  "failed_turns": rs.failed_turns,
+                  "time_overlap_rollout_s": t_overlap, "policy_lag_steps": self.weight_version - 1 - min(versions)
+                  if versions else 0, "failed_turns": rs.failed_turns,
                   "tokens_per_s": m.get("response_tokens_total", 0) / max(rs.wall_s, 1e-9)})
         m["step_s"] = time.time() - t_step
-        m["eval_stall_fraction"] = rs.stall_s / max(m["step_s"], 1e-9)
+        # stall: share of the wall time of the step that generated the batch (with lag 1, the previous step)
+        m["eval_stall_fraction"] = min(1.0, rs.stall_s / max(batch.generated_in_s or m["step_s"], 1e-9))
+        if self._next is not None:
+            self._next.generated_in_s = m["step_s"]
         self.step += 1
         return m
+
+    def _rollout(self, step: int) -> Optional["Batch"]:
+        """Draw `step`'s tasks and run its trajectories (steps 1-4 of the module doc). None when a stop request
+        abandoned it; the sampler is then as it was before the draw."""
+        a, timeout = self.cfg.algo, self.cfg.ray.get_timeout_s
+        sampler_before = self.sampler.state_dict()
+        task_ids = self.sampler.draw(a.tasks_per_step)
+        tasks = [self.tasks[i] for i in task_ids]
+        # wake the engines (colocated: they slept while the learner trained)
+        self._call_workers("wake_up", timeout) if self._sleeps() else None
+        # generate and evaluate: every trajectory advances on its own evaluation
+        trajs, rs = run_trajectories(tasks, a.trajectories_per_task, a.max_turns, self.workers, self.pool,
+                                     self.make_request(step), timeout_s=timeout, stop=self.stop,
+                                     progress=self.progress)
+        if trajs is None:
+            self.sampler.load_state_dict(sampler_before)
+            return None
+        # engines sleep while the learner trains (colocated placement, engines that support it)
+        self._call_workers("sleep", timeout) if self._sleeps() else None
+        return Batch(step, task_ids, tasks, trajs, rs, sampler_before)
 
     def _sleeps(self) -> bool:
         return self.cfg.placement.mode == "colocated" and self.cfg.rollout.enable_sleep \

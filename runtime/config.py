@@ -120,6 +120,9 @@ class AlgoConfig:
     tasks_per_step: int = f(8, "tasks drawn per step (B)")
     trajectories_per_task: int = f(16, "trajectories per task (G); the GRPO group is all G x T samples of a task")
     max_turns: int = f(4, "refinement turns per trajectory (T); 1 is the single-turn baseline")
+    max_policy_lag_steps: int = f(0, "0: every step generates with the newest weights; 1: the next step's rollouts "
+                                     "are generated while the learner trains (disaggregated placement), under "
+                                     "weights one update old")
     correctness_weight: float = f(0.3, "score = correctness_weight * correct + speedup * correct")
     max_speedup_reward: float = f(10.0, "speedups above this are clipped in the score (rewards stay bounded)")
     return_mode: Literal["sum", "max"] = f("sum", "turn return: discounted sum or discounted max of later scores")
@@ -490,6 +493,11 @@ def validate(cfg: Config) -> Config:
                           f"placement.mode=disaggregated (got {cfg.placement.mode}) and a learner on GPUs "
                           f"(learner.gpus_per_rank >= 1, got {cfg.learner.gpus_per_rank}): the learner's rank 0 and "
                           f"the engines must sit on different GPUs; colocated runs use weight_sync=ipc")
+    if cfg.algo.max_policy_lag_steps not in (0, 1):
+        raise ConfigError(f"algo.max_policy_lag_steps: 0 or 1 (got {cfg.algo.max_policy_lag_steps})")
+    if cfg.algo.max_policy_lag_steps == 1 and cfg.placement.mode != "disaggregated":
+        raise ConfigError("algo.max_policy_lag_steps: 1 overlaps generation with training, which needs "
+                          "placement.mode=disaggregated (colocated roles take turns on the same GPUs)")
     if cfg.learner.backend == "deepspeed" and cfg.learner.gpus_per_rank <= 0:
         raise ConfigError("learner.gpus_per_rank: the deepspeed backend needs GPUs (set it to 1, "
                           "or use learner.backend=torch on CPU)")

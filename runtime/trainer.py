@@ -107,7 +107,7 @@ def bundle_plan(cfg) -> tuple[list[dict], dict]:
     ro, le, ev = cfg.rollout, cfg.learner, cfg.evaluator
     roles = [("rollout", b(ro.cpus_per_worker, ro.gpus_per_worker), ro.num_workers),
              ("learner", b(le.cpus_per_rank, le.gpus_per_rank), le.num_ranks),
-             ("compile", b(1), ev.num_compile_workers),
+             ("compile", b(ev.compile_jobs), ev.num_compile_workers),
              ("runner", b(1, ev.gpus_per_runner), ev.num_runners)]
     bundles, index = [b(1)], {}                                           # controller (+ 0-CPU small actors)
     for role, bundle, n in roles:
