@@ -227,8 +227,13 @@ class LearnerGroup:
         return [self._track(a.load.remote(directory), r) for r, a in enumerate(self.ranks)]
 
     def async_logprobs(self, sample_refs: Sequence):
-        """Ref to the current log-probs of the samples' responses (rank 0; torch backend or one rank only)."""
-        return self._track(self.ranks[0].logprobs.remote(list(sample_refs)), 0)
+        """Ref to the current log-probs of the samples' responses. Every rank is called (under ZeRO-3 a forward is a
+        collective: rank 0 alone would wait forever); each computes its share and all return the whole list: rank
+        0's ref is returned, the others are tracked for failures."""
+        refs = [r.logprobs.remote(list(sample_refs)) for r in self.ranks]
+        for i, ref in enumerate(refs[1:], start=1):
+            self._track(ref, i)
+        return self._track(refs[0], 0)
 
     # blocking calls ------------------------------------------------------------------------------------------
     def get(self, refs, timeout_s: Optional[float] = None):
