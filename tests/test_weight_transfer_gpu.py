@@ -124,6 +124,50 @@ def engine_main(directory: str, port: int) -> None:
     engine.close()
 
 
+def actors_main(directory: str, port: int) -> None:
+    """The pipeline's own path on a local Ray: LearnerGroup (DeepSpeed ZeRO-3, 1 rank, 2nd GPU) and a vLLM
+    RolloutWorker (1st GPU, other random weights), init_nccl_weight_sync + sync_weights from pipelines/kernel_grpo.py;
+    the worker samples before and after, the learner recomputes the log-probs of both samples."""
+    import ray
+    from actors.learner import LearnerGroup
+    from actors.rollout import start_rollout_worker
+    from engines.base import SamplingParams
+    from pipelines.kernel_grpo import init_nccl_weight_sync, sync_weights
+    from rlcore.types import TurnSample
+    from runtime.config import load_config
+    cfg = load_config(None, [f"model.name_or_path={directory}", "model.random_init=true", "model.dtype=bfloat16",
+                             "rollout.engine=vllm", "rollout.weight_sync=nccl", "rollout.gpus_per_worker=1",
+                             "learner.backend=deepspeed", "learner.gpus_per_rank=1", "learner.num_ranks=1",
+                             "learner.zero_stage=3", "placement.mode=disaggregated",
+                             "rollout.gpu_memory_utilization=0.3", "rollout.enable_sleep=false",
+                             "rollout.vllm_enforce_eager=true", "rollout.max_context_tokens=128",
+                             "rollout.max_new_tokens=16", "rollout.temperature=1.0", "ray.get_timeout_s=300",
+                             "algo.tasks_per_step=1", "algo.trajectories_per_task=2", "algo.max_turns=1",
+                             "learner.micro_batch_samples=1"])
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    ray.init(num_gpus=2, num_cpus=8, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "NCCL_NVLS_ENABLE": "0"}})
+    worker = start_rollout_worker(cfg.model, cfg.rollout, seed=cfg.run.seed + 7, name="wt-rollout")
+    learner = LearnerGroup(cfg, name="wt-learner")
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=0)
+    out = {"before": ray.get(worker.generate.remote([PROMPT], params), timeout=300)[0].__dict__}
+    meta = init_nccl_weight_sync(cfg, learner, [worker], 300)
+    for v in (1, 2):                                   # the group is reused
+        t0 = time.perf_counter()
+        sync_weights(cfg, learner, [worker], v, 300)
+        print(f"[actors] sync {v}: {time.perf_counter() - t0:.2f}s", flush=True)
+    out["after"] = ray.get(worker.generate.remote([PROMPT], params), timeout=300)[0].__dict__
+    out["version"] = ray.get(worker.weight_version.remote(), timeout=60)
+    out["tensors"] = len(meta["names"])
+    refs = [ray.put(TurnSample(task_name="t", trajectory_id=i, turn=0, prompt_ids=g["prompt_ids"],
+                               token_ids=g["token_ids"], logprobs=g["logprobs"], text="", finish_reason="length",
+                               weight_version=0)) for i, g in enumerate((out["before"], out["after"]))]
+    out["learner_before"], out["learner_after"] = learner.get(learner.async_logprobs(refs))
+    json.dump(out, open(os.path.join(directory, "actors_out.json"), "w"))
+    learner.shutdown()
+    ray.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------------ the test
 def _end(proc: subprocess.Popen) -> None:
     """End a side's process group (own session: vLLM's engine-core child goes with it)."""
@@ -145,14 +189,16 @@ def _tail(path: str, n: int = 3000) -> str:
         return ""
 
 
-def run_sides(directory: str, timeout_s: float = 420.0) -> None:
-    """Start learner (2nd visible GPU) and engine (1st), wait for both; raise with both log tails on failure."""
+def run_sides(directory: str, roles: tuple = ("engine", "learner"), timeout_s: float = 420.0) -> None:
+    """Start each role in its own process (engine: 1st visible GPU, learner: 2nd, actors: both), wait for all;
+    raise with every log's tail on failure."""
     from engines.weight_transfer import free_port
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or ["0", "1"]
+    gpus = {"engine": visible[0], "learner": visible[1], "actors": ",".join(visible[:2])}
     port = free_port()
     procs, logs = {}, {}
-    for role, gpu in (("engine", visible[0]), ("learner", visible[1])):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, NCCL_NVLS_ENABLE="0",
+    for role in roles:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[role], NCCL_NVLS_ENABLE="0",
                    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         logs[role] = os.path.join(directory, f"{role}.log")
         procs[role] = subprocess.Popen([sys.executable, os.path.abspath(__file__), role, directory, str(port)],
@@ -177,15 +223,19 @@ def run_sides(directory: str, timeout_s: float = 420.0) -> None:
         for p in procs.values():
             _end(p)
     if failed:
-        raise AssertionError(f"{failed}\n--- engine log ---\n{_tail(logs['engine'])}\n--- learner log ---\n"
-                             f"{_tail(logs['learner'])}")
+        raise AssertionError(failed + "".join(f"\n--- {r} log ---\n{_tail(logs[r])}" for r in roles))
+
+
+def _need(*modules: str) -> None:
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs (learner and engine on different GPUs); {torch.cuda.device_count()} visible")
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {missing} (vLLM: source .vllmkit/activate.sh; Ray, DeepSpeed: source .kit/activate.sh)")
 
 
 def test_nccl_sync_from_a_torch_learner_updates_the_vllm_engine(tmp_path):
-    if torch.cuda.device_count() < 2:
-        pytest.skip(f"needs 2 GPUs (learner and engine on different GPUs); {torch.cuda.device_count()} visible")
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vLLM (source .vllmkit/activate.sh)")
+    _need("vllm")
     from engines.weight_transfer import transfer_metadata
     directory = str(tmp_path)
     write_model(directory)
@@ -209,6 +259,31 @@ def test_nccl_sync_from_a_torch_learner_updates_the_vllm_engine(tmp_path):
         previous = load_version(directory, v)
 
 
+def test_nccl_sync_through_the_actors_with_deepspeed_zero3(tmp_path):
+    """LearnerGroup (DeepSpeed ZeRO-3) -> vLLM RolloutWorker through the controller's init and sync functions: before
+    the sync the engine's log-probs are another model's, after it they are the learner's own."""
+    _need("vllm", "ray", "deepspeed")
+    tok = os.path.join(ROOT, ".benchextra", "tokenizer")
+    if not os.path.isdir(tok):
+        pytest.skip("needs the SmolLM2 tokenizer in .benchextra/tokenizer (bash benchmarks/build_extra.sh)")
+    import shutil
+    config_cls, _ = _model_cls()
+    directory = str(tmp_path)
+    for f in os.listdir(tok):
+        shutil.copy(os.path.join(tok, f), directory)
+    cfg = config_cls(**dict(SHAPE, vocab_size=49152))
+    cfg.architectures = ["Qwen2ForCausalLM"]
+    cfg.save_pretrained(directory)                     # config only: model.random_init builds seeded weights
+    run_sides(directory, roles=("actors",), timeout_s=480)
+    out = json.load(open(os.path.join(directory, "actors_out.json")))
+    assert out["version"] == 2 and out["tensors"] > 0
+    before = (torch.tensor(out["before"]["logprobs"]) - torch.tensor(out["learner_before"])).abs()
+    after = (torch.tensor(out["after"]["logprobs"]) - torch.tensor(out["learner_after"])).abs()
+    assert before.mean() > 0.1, f"before the sync the engine already matched the learner ({before.mean():.3f})"
+    assert after.max() < 0.1 and after.mean() < MATCH_MEAN, \
+        f"after the sync: engine vs learner log-probs max {after.max():.3f}, mean {after.mean():.3f}"
+
+
 if __name__ == "__main__":
     role, directory, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    {"learner": learner_main, "engine": engine_main}[role](directory, port)
+    {"learner": learner_main, "engine": engine_main, "actors": actors_main}[role](directory, port)
