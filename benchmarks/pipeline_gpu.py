@@ -9,6 +9,7 @@ recorded with the tail of its output and the others still run):
   d_b   2 GPUs, disaggregated: rollout on one GPU, learner + runners on the other
   c2    2 GPUs, colocated across both: 2 rollout workers, 2 learner ranks (ZeRO-3 over 2), runners on both
   d_a_nccl  d_a with rollout.weight_sync=nccl (learner rank 0 broadcasts to the engine)
+  c4    4 GPUs, colocated across all four (4 rollout workers, 4 learner ranks)
   d_a_lag1  d_a with algo.max_policy_lag_steps=1 (the next step's rollouts run while the learner trains)
 The actors are built here the way pipelines.kernel_grpo.build_actors does inside the Tune trial (bundles and pinning
 from runtime.trainer.bundle_plan, in a placement group this script creates; the evaluator pool captures its compile
@@ -100,6 +101,8 @@ def _weight_sync_modes() -> tuple:
 
 if "nccl" in _weight_sync_modes():      # the vLLM NCCL weight transfer: d_a with it
     CASES["d_a_nccl"] = dict(CASES["d_a"], weight_sync="nccl")
+# 4 GPUs, colocated across all (scaling 1 -> 2 -> 4 with the same batch)
+CASES["c4"] = dict(CASES["c2"], gpus=4, workers=4, ranks=4)
 # d_a with algo.max_policy_lag_steps=1: the next step's rollouts overlap this step's training
 CASES["d_a_lag1"] = dict(CASES["d_a"], lag=1)
 
@@ -390,7 +393,7 @@ def _child(phase: str, args) -> None:
 def _spawn(phase: str, args, argv: list[str], timeout_s: int) -> dict:
     env = dict(os.environ)
     if not args.cpu and phase in CASES:
-        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "0,1").split(",") if d.strip()] or ["0", "1"]
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "0,1,2,3").split(",") if d.strip()] or ["0", "1"]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[:CASES[phase]["gpus"]])
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase] + argv
