@@ -68,6 +68,13 @@ def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
     return tmp, tmp
 
 
+def _external_id(internal_id: str) -> str:
+    """The id a request was added under, from the internal id vLLM returns for it (it appends "-" and 8 random
+    characters unless VLLM_DISABLE_REQUEST_ID_RANDOMIZATION is set)."""
+    head, sep, tail = internal_id.rpartition("-")
+    return head if sep and len(tail) == 8 else internal_id
+
+
 class VLLMEngine(Engine):
     supports_streaming = True
 
@@ -116,7 +123,11 @@ class VLLMEngine(Engine):
         self.eos_ids = sorted(ids)
         self.weight_version = 0
         self._nccl_ready = False                     # init_weight_transfer done (weight_sync=nccl)
-        self._live: dict[str, list[int]] = {}        # streamed requests in flight: vLLM request id -> prompt
+        self._live: dict[str, list[int]] = {}        # streamed requests in flight: handle -> prompt
+        # LLM.enqueue returns vLLM's internal request ids ("<id>-<8 random chars>"), while RequestOutput.request_id
+        # and abort_request (by default) use the external id it was added under: handle -> external id and back
+        self._ext: dict[str, str] = {}
+        self._by_ext: dict[str, str] = {}
         self._asleep_tags: set[str] = set()           # vLLM memory tags still asleep ("weights", "kv_cache")
 
     def __repr__(self) -> str:
@@ -155,6 +166,8 @@ class VLLMEngine(Engine):
             raise ValueError("VLLMEngine.start_request: empty prompt (needs at least one token id)")
         (rid,) = self.llm.enqueue([{"prompt_token_ids": list(prompt)}], [self._vllm_params(params)], use_tqdm=False)
         self._live[rid] = list(prompt)
+        ext = _external_id(rid)
+        self._ext[rid], self._by_ext[ext] = ext, rid
         return rid
 
     def step(self) -> list[tuple[str, Generation]]:
@@ -163,23 +176,31 @@ class VLLMEngine(Engine):
         engine = self.llm.llm_engine
         if not engine.has_unfinished_requests():
             # stepping now would block on an empty output queue forever
-            lost, self._live = sorted(self._live), {}
+            lost, self._live, self._ext, self._by_ext = sorted(self._live), {}, {}, {}
             raise RuntimeError(f"VLLMEngine.step: vLLM has no unfinished requests but {len(lost)} were in flight "
                                f"(e.g. {lost[:3]}); they are lost")
         done = []
         for o in engine.step():
             if not getattr(o, "finished", False):
                 continue
-            prompt = self._live.pop(o.request_id, None)
+            handle = o.request_id if o.request_id in self._live else self._by_ext.get(o.request_id)
+            prompt = self._live.pop(handle, None) if handle is not None else None
+            self._by_ext.pop(self._ext.pop(handle, ""), None)
             if prompt is None:            # aborted by us meanwhile
                 continue
-            done.append((o.request_id, self._generation(prompt, o)))
+            done.append((handle, self._generation(prompt, o)))
         return done
 
     def abort(self, handles: list[str]) -> None:
         handles = [h for h in handles if self._live.pop(h, None) is not None]
+        external = [self._ext.pop(h, h) for h in handles]
+        for e in external:
+            self._by_ext.pop(e, None)
         if handles:
-            self.llm.llm_engine.abort_request(handles)
+            try:
+                self.llm.llm_engine.abort_request(handles, internal=True)     # the handles are internal ids
+            except TypeError:                                                 # a vLLM without `internal`
+                self.llm.llm_engine.abort_request(external)
 
     def num_in_flight(self) -> int:
         return len(self._live)

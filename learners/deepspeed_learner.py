@@ -12,8 +12,9 @@ micro-batch losses already add up to the part loss. DeepSpeed averages gradients
 loss by the part's counts summed over all ranks (real samples and tokens; padding excluded) and multiplies it by the
 world size (LearnerBackend._global_part_counts): the averaged gradient then equals the gradient of the whole part on
 one rank, also when the batch does not split evenly or token counts differ between ranks. Log-probs
-(LearnerBackend.logprobs) are computed by all ranks together, each on its share. Weights for the rollout engines are gathered one parameter at a time
-(GatheredParameters), so no rank ever holds more than one full tensor on GPU besides its shard.
+(LearnerBackend.logprobs) are computed by all ranks together, each on its share. Weights for the rollout engines
+are gathered one parameter at a time (GatheredParameters), so no rank ever holds more than one full tensor on GPU
+besides its shard.
 
 Limits: the ZeRO-3 model is built inside zero.Init through transformers' HfDeepSpeedConfig (never materialized whole
 on one GPU); the reference model (KL) is a second, optimizer-free ZeRO engine. Not covered on CPU; exercised by the

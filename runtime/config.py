@@ -154,9 +154,11 @@ class LearnerConfig:
     precision: Literal["fp32", "bf16"] = f("fp32", "torch backend precision (bf16: bf16 autocast, fp32 master "
                                                    "weights); the deepspeed backend always computes in bf16")
     fused_kernels: Literal["auto", "liger", "none"] = f(
-        "auto", "fused model kernels (RMSNorm, SwiGLU MLP, rotary) in the learner's model: liger = liger-kernel's "
+        "none", "fused model kernels (RMSNorm, SwiGLU MLP, rotary) in the learner's model: liger = liger-kernel's "
                 "Triton kernels (CUDA only; an error names why when they cannot be applied); auto = liger on a CUDA "
-                "device when liger-kernel imports and supports the model, else none; none = the model as built")
+                "device when liger-kernel imports and supports the model, else none; none = the model as built. "
+                "Default none: with 2 ZeRO-3 ranks liger's RMSNorm failed on an H200 (a tensor Triton could not "
+                "access) and its gain at 1 rank is measured only at micro-batch 1 (benchmarks/README.md)")
 
 
 @dataclass

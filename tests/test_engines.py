@@ -361,3 +361,14 @@ def test_vllm_continuous_batching_staggered_arrivals():
     assert blocking.token_ids == g1.token_ids
     assert len(g4.token_ids) == 4 and in_flight == 0
     eng.close()
+
+
+def test_vllm_request_handles_map_to_external_ids():
+    """LLM.enqueue returns vLLM's internal ids ("<id>-<8 random chars>"); outputs carry the external id. The engine
+    maps one to the other (a mismatch lost every streamed request on the GPU before)."""
+    from engines.vllm_engine import _external_id
+    assert _external_id("0-9cbb578a") == "0"
+    assert _external_id("17-abcdef12") == "17"
+    assert _external_id("a-b-12345678") == "a-b"
+    assert _external_id("42") == "42"                 # VLLM_DISABLE_REQUEST_ID_RANDOMIZATION
+    assert _external_id("req-short") == "req-short"    # not vLLM's suffix: left alone
