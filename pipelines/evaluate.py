@@ -154,12 +154,11 @@ def stop_actors(actors: Optional[EvalActors]) -> None:
 
 
 def request_maker(cfg, actors: EvalActors, step: int, prefix: Optional[dict] = None) -> Callable:
-    """TurnRequest factory for run_trajectories, exactly as training builds them (KernelGRPO.make_request), with an
+    """TurnRequest factory for run_trajectories, exactly as training builds them (make_turn_request), with an
     optional history prefix per trajectory id: {trajectory_id: (refs, feedback strings)} (beam search copies).
     A prefixed request continues at turn len(prefix) with the prefix's turns first in its history."""
-    from pipelines.kernel_grpo import KernelGRPO
-    base = KernelGRPO(cfg, actors.tasks, actors.workers, actors.pool, None, None, None, progress=False) \
-        .make_request(step)
+    from pipelines.kernel_grpo import make_turn_request
+    base = make_turn_request(cfg, step)
     if not prefix:
         return base
 

@@ -206,6 +206,22 @@ def run_trajectories(tasks: list, trajectories_per_task: int, max_turns: int, wo
     return trajs, stats
 
 
+def make_turn_request(cfg, step: int) -> Callable[[Trajectory, int, list], Any]:
+    """The TurnRequest factory for run_trajectories at `step` (training, evaluation and search build turns alike):
+    sampling parameters from cfg.rollout, a seed per (run seed, step, trajectory, turn), history refs + feedback."""
+    from actors.rollout import TurnRequest
+    from engines.base import SamplingParams
+    ro, seed, backend = cfg.rollout, cfg.run.seed, cfg.evaluator.backend
+
+    def make(traj: Trajectory, turn: int, feedback: list) -> Any:
+        params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens,
+                                seed=sampling_seed(seed, step, traj.trajectory_id, turn))
+        return TurnRequest(task_name=traj.task.name, task_source=traj.task.source, backend=backend,
+                           trajectory_id=traj.trajectory_id, turn=turn, history_refs=list(traj.refs),
+                           feedback=list(feedback), params=params)
+    return make
+
+
 # ------------------------------------------------------------------------------------------------------ the controller
 class KernelGRPO:
     """Controller state (step, weight version, task sampler) and one training step. The actors are created by
@@ -279,17 +295,7 @@ class KernelGRPO:
         sync_weights(self.cfg, self.learner, self.workers, self.weight_version, timeout)
 
     def make_request(self, step: int) -> Callable:
-        from actors.rollout import TurnRequest
-        from engines.base import SamplingParams
-        ro, seed, backend = self.cfg.rollout, self.cfg.run.seed, self.cfg.evaluator.backend
-
-        def make(traj: Trajectory, turn: int, feedback: list) -> Any:
-            params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens,
-                                    seed=sampling_seed(seed, step, traj.trajectory_id, turn))
-            return TurnRequest(task_name=traj.task.name, task_source=traj.task.source, backend=backend,
-                               trajectory_id=traj.trajectory_id, turn=turn, history_refs=list(traj.refs),
-                               feedback=list(feedback), params=params)
-        return make
+        return make_turn_request(self.cfg, step)
 
     def train_step(self) -> Optional[dict]:
         """One GRPO step. Returns the step's metrics, or None when a stop request abandoned it (state unchanged).
@@ -302,8 +308,10 @@ class KernelGRPO:
         cfg, a, timeout = self.cfg, self.cfg.algo, self.cfg.ray.get_timeout_s
         t_step = time.time()
         # 1-4. this step's batch: buffered by the previous step (policy lag 1), or drawn and rolled out now
-        batch, self._next = (self._next, None) if self._next is not None and self._next.step == self.step \
-            else (self._rollout(self.step), None)
+        if self._next is not None and self._next.step != self.step:     # not this step's: give its draw back
+            self.sampler.load_state_dict(self._next.sampler_before)
+            self._next = None
+        batch, self._next = (self._next, None) if self._next is not None else (self._rollout(self.step), None)
         if batch is None:
             return None
         tasks, trajs, rs = batch.tasks, batch.trajs, batch.stats
