@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +61,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from runtime.procs import end_process_group  # noqa: E402
 
 CASES = {
     "ds_z3": dict(backend="deepspeed", gc=False, offload=False),
@@ -355,19 +356,6 @@ def _rank_env(rank: int, world: int, gpu: str, port: int) -> dict:
     return env
 
 
-def _end_group(proc: subprocess.Popen) -> None:
-    """End a rank's process group (it was started as its own session, so the group id is its pid)."""
-    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _wait(procs: list, log0: str, timeout_s: float) -> str:
     """Wait for every rank, echoing rank 0's log; '' when all exited 0, else why not. A failed rank leaves the others
     waiting inside a collective, so a failure ends every rank after a short grace."""
@@ -393,7 +381,7 @@ def _wait(procs: list, log0: str, timeout_s: float) -> str:
             why = f"rank(s) {[r for r, c in enumerate(codes) if c not in (None, 0)]} failed; ended the others"
         if why:
             for p in procs:
-                _end_group(p)
+                end_process_group(p)
             return why
         time.sleep(1.0)
 
@@ -424,7 +412,7 @@ def _launch(name: str, world: int, args, gpus: list[str]) -> list[dict]:
                                           stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
     why = _wait(procs, paths[0], args.case_timeout_s)
     for p in procs:                                              # leftovers of a rank that exited (none expected)
-        _end_group(p)
+        end_process_group(p)
     per_rank = []
     for r, path in enumerate(paths):
         with open(path, errors="replace") as fh:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from runtime.procs import end_process_group  # noqa: E402
 
 MODEL_DIR = "/dev/shm/weight_sync_bench_qwen2_0p5b" if os.path.isdir("/dev/shm") else "/tmp/weight_sync_bench_qwen2"
 WARMUP, TIMED = 1, 3
@@ -214,19 +215,6 @@ def case_ray() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
-def _end(proc: subprocess.Popen) -> None:
-    """End a process group started with start_new_session (vLLM's engine-core child goes with it)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_case(case: str, out_dir: str, gpus: list[str], timeout_s: int) -> dict:
     work = os.path.join(out_dir, "weight_sync_logs", case)
     os.makedirs(work, exist_ok=True)
@@ -248,7 +236,7 @@ def run_case(case: str, out_dir: str, gpus: list[str], timeout_s: int) -> dict:
         except subprocess.TimeoutExpired:
             rc = f"timed out after {timeout_s} s"
         finally:
-            _end(proc)
+            end_process_group(proc)
     path = os.path.join(work, "result.json")
     if rc != 0 or not os.path.exists(path):
         tail = open(os.path.join(work, "case.log"), errors="replace").read()[-1500:]

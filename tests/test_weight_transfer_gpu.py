@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from runtime.procs import end_process_group  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -169,19 +170,6 @@ def actors_main(directory: str, port: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ the test
-def _end(proc: subprocess.Popen) -> None:
-    """End a side's process group (own session: vLLM's engine-core child goes with it)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _tail(path: str, n: int = 3000) -> str:
     try:
         return open(path, errors="replace").read()[-n:]
@@ -221,7 +209,7 @@ def run_sides(directory: str, roles: tuple = ("engine", "learner"), timeout_s: f
             failed = f"{bad[0]} exited with {procs[bad[0]].returncode}"
     finally:
         for p in procs.values():
-            _end(p)
+            end_process_group(p)
     if failed:
         raise AssertionError(failed + "".join(f"\n--- {r} log ---\n{_tail(logs[r])}" for r in roles))
 
