@@ -198,8 +198,6 @@ def run_trajectories(tasks: list, trajectories_per_task: int, max_turns: int, wo
             traj.results.append(result)
             if len(traj.results) < max_turns:
                 launch(traj, len(traj.results))
-            else:
-                pass
     bar.close()
     stats.wall_s = time.time() - start
     stats.stall_s = float(np.mean(idle)) if idle else 0.0
