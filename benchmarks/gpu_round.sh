@@ -6,14 +6,21 @@
 #   part 3 (same carry as part 2):                         pipeline d_a_nccl d_a_lag1 | vLLM engine tests + benches
 #   part 4 (same carry as part 2):                         pipeline c4 (4 GPUs) ; learner MFU --ranks 4
 #   part 5 (2 x H200, same carry as part 2):                pipeline c1 d_a c2 d_a_lag1
+# Round of 2026-11-22 on one 8 x H200 node (128 cores), three calls on the same warm machine:
+#   part 6 (carry .kit .benchextra):   learner MFU 1 | 2 | 4 ranks, CUDA adversarial sweep, build-cache warm-up
+#   part 7 (carry .vllmkit .kit/activate.sh .benchextra/tokenizer .benchextra/bin):
+#                                      pipeline c2 d_b | d_a_nccl d_a_lag1 | k1 | k2 | vLLM engine test + rollout bench
+#   part 8 (same carry as part 7):     pipeline k8c, then k8d_lag1 (all 8 GPUs)
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-4}
+part=${1:?part 1-8}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
+FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
+if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader > "$OUT/gpus_part$part.txt" 2>&1
 T=${PART_TIMEOUT_S:-560}
 case $part in
@@ -55,6 +62,39 @@ case $part in
   tar czf "$OUT/pipeline_logs.tgz" -C "$OUT" p/pipeline_gpu.json p/pipeline_gpu.md $(cd "$OUT" && ls p/*.log) \
      $(cd "$OUT" && ls p/runs/*/metrics.jsonl 2>/dev/null) 2>/dev/null
   ;;
+6)
+  (CUDA_VISIBLE_DEVICES=0 OUT=$OUT/mfu1 timeout 330 python3 benchmarks/learner_mfu.py --cases ds_z3 ds_z3_liger \
+     --ranks 1 --steps 2 --micro-batches 4 8 --case-timeout-s 150 > "$OUT/mfu1.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=1,2 OUT=$OUT/mfu2 timeout 330 python3 benchmarks/learner_mfu.py --cases ds_z3 --ranks 2 \
+     --steps 2 --micro-batches 4 8 --case-timeout-s 200 > "$OUT/mfu2.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=4,5,6,7 OUT=$OUT/mfu4 timeout 330 python3 benchmarks/learner_mfu.py --cases ds_z3 --ranks 4 \
+     --steps 2 --micro-batches 4 8 --case-timeout-s 200 > "$OUT/mfu4.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=3 OUT=$OUT/adv timeout 330 python3 benchmarks/adversarial_sweep.py --backend cuda \
+     --compile-jobs 8 > "$OUT/adv.log" 2>&1) &
+  (timeout 330 python3 benchmarks/pipeline_gpu.py --prewarm-only --out "$OUT/prewarm" > "$OUT/prewarm.log" 2>&1) &
+  wait
+  tar czf "$FINAL/part6.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+7)
+  P="python3 benchmarks/pipeline_gpu.py --no-prewarm"
+  (CUDA_VISIBLE_DEVICES=0,1 timeout 560 $P --cases c2 d_b --steps 2 --case-timeout-s 250 --out "$OUT/p01" \
+     > "$OUT/p01.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=2,3
+   timeout 250 $P --cases d_a_nccl --steps 2 --case-timeout-s 240 --out "$OUT/p23n" > "$OUT/p23n.log" 2>&1
+   timeout 300 $P --cases d_a_lag1 --steps 3 --case-timeout-s 290 --out "$OUT/p23l" > "$OUT/p23l.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=4 timeout 560 $P --cases k1 --steps 1 --case-timeout-s 550 --out "$OUT/pk1" \
+     > "$OUT/pk1.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=5,6 timeout 560 $P --cases k2 --steps 2 --case-timeout-s 550 --out "$OUT/pk2" \
+     > "$OUT/pk2.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=7
+   timeout 200 python3 -m pytest -q -m gpu tests/test_engines.py -k "continuous"
+   OUT=$OUT/rollout timeout 330 python3 benchmarks/rollout_throughput.py --part vllm) > "$OUT/vllm.log" 2>&1 &
+  wait
+  tar czf "$FINAL/part7.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+8)
+  P="python3 benchmarks/pipeline_gpu.py --no-prewarm"
+  timeout 270 $P --cases k8c --steps 2 --case-timeout-s 260 --out "$OUT/k8c" > "$OUT/k8c.log" 2>&1
+  timeout 290 $P --cases k8d_lag1 --steps 3 --case-timeout-s 280 --out "$OUT/k8d" > "$OUT/k8d.log" 2>&1
+  tar czf "$FINAL/part8.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -11,6 +11,10 @@ recorded with the tail of its output and the others still run):
   d_a_nccl  d_a with rollout.weight_sync=nccl (learner rank 0 broadcasts to the engine)
   c4    4 GPUs, colocated across all four (4 rollout workers, 4 learner ranks)
   d_a_lag1  d_a with algo.max_policy_lag_steps=1 (the next step's rollouts run while the learner trains)
+  k1 k2 k8c k8d k8d_lag1   Kevin's layout (8 tasks x 16 trajectories x 4 turns, 512 new tokens per turn) with a
+        Qwen2-1.5B shape, 8 sandbox runners per evaluation GPU: k1 as c1,
+        k2 as d_a, k8c colocated across 8 GPUs (8 engines, 8 ranks), k8d 4 GPUs of engines + runners and 4 learner
+        ranks, k8d_lag1 the same with policy lag 1
 The actors are built here the way pipelines.kernel_grpo.build_actors does inside the Tune trial (bundles and pinning
 from runtime.trainer.bundle_plan, in a placement group this script creates; the evaluator pool captures its compile
 workers and runners into the group) rather than through the Tune trainable, because the replay evaluator below has to
@@ -42,6 +46,11 @@ start-up (vLLM in eager mode by default: CUDA graphs add ~45 s of start-up per c
     python3 benchmarks/pipeline_gpu.py --cases c1 d_a d_b c2 --steps 2
     python benchmarks/pipeline_gpu.py --cpu          # CPU check of the harness: hf engine, torch learner, C++ kernels
 
+A stuck case: RAY_DEDUP_LOGS=0 keeps every process's log lines, the controller logs each step's phases, and
+`--stack-dump-before-s` before the case's timeout py-spy dumps every process of its Ray cluster (actors, vLLM engine
+cores) into $OUT/<case>_stacks.txt. `--prewarm-only` fills the build cache (needs no vLLM) so that later calls on the
+same machine can pass `--no-prewarm`.
+
 Writes $OUT/pipeline_gpu.json, $OUT/pipeline_gpu.md (OUT defaults to ./bench_out) and each case's run directory
 ($OUT/runs/<case>/metrics.jsonl, trajectories.jsonl) and prints a table. Limits: one node; timings of kernels on a
 GPU shared with generation are noisier than on an exclusive GPU; `eval_stall_fraction` is the controller-side
@@ -52,6 +61,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -68,9 +78,13 @@ MARK = "PIPELINE_GPU_RESULT "
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, tie_word_embeddings=True, max_position_embeddings=32768,
                  rope_theta=1000000.0, rms_norm_eps=1e-6)
+QWEN2_15B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, tie_word_embeddings=True, max_position_embeddings=32768,
+                 rope_theta=1000000.0, rms_norm_eps=1e-6)
+MODELS = {"0.5b": QWEN2_05B, "1.5b": QWEN2_15B}
 TINY_QWEN2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, tie_word_embeddings=True, max_position_embeddings=4096)
-GPU_TASKS = ["relu", "gelu", "leaky_relu", "softmax"]
+GPU_TASKS = ["relu", "gelu", "leaky_relu", "softmax", "scaled_add", "rmsnorm", "mean_reduce", "layernorm"]
 CPU_TASKS = ["relu", "leaky_relu"]
 # wrong-result mutants: (backend, task) -> (text in the built-in solution, replacement); each must occur exactly once
 WRONG = {("cuda", "relu"): ("fmaxf(x[i], 0.0f)", "fmaxf(x[i], 0.5f)"),
@@ -80,7 +94,11 @@ WRONG = {("cuda", "relu"): ("fmaxf(x[i], 0.0f)", "fmaxf(x[i], 0.5f)"),
          ("cuda", "leaky_relu"): ("v * slope;", "v * slope * 2.0f;"),
          ("cpu", "leaky_relu"): ("v * s;", "v * s * 2.0f;"),
          ("cuda", "softmax"): ("yr[c] = expf(xr[c] - m) * inv;", "yr[c] = expf(xr[c] - m) * inv * 1.5f;"),
-         ("cpu", "softmax"): ("orow[c] *= inv;", "orow[c] *= inv * 1.5f;")}
+         ("cpu", "softmax"): ("orow[c] *= inv;", "orow[c] *= inv * 1.5f;"),
+         ("cuda", "scaled_add"): ("out[i] = x[i] + alpha * y[i];", "out[i] = x[i] + 2.0f * alpha * y[i];"),
+         ("cuda", "rmsnorm"): ("yr[i] = xr[i] * inv * w[i];", "yr[i] = xr[i] * inv * w[i] * 1.5f;"),
+         ("cuda", "mean_reduce"): ("out[idx] = acc / (float)R;", "out[idx] = acc / (float)(R + 1);"),
+         ("cuda", "layernorm"): ("* rstd * w[i] + b[i];", "* rstd * w[i] * 1.5f + b[i];")}
 VARIANTS = ("correct", "wrong_result", "compile_error")
 # case -> GPUs, placement, rollout workers / learner ranks, GPU share of each role
 CASES = {
@@ -90,6 +108,11 @@ CASES = {
     "c2": dict(gpus=2, mode="colocated", workers=2, ranks=2, rollout_gpu=0.4, learner_gpu=0.4, runner_gpu=0.2),
 }
 # runner_gpu is the share of ALL runners on one evaluation GPU (split over --runners-per-gpu runners)
+# Kevin's layout (8 tasks x 16 trajectories x 4 turns per step) with a Qwen2-1.5B-shaped model; the keys override
+# the command line's shape for these cases only. 512 new tokens per turn (random weights always run to the limit):
+# with 1024, one step of the 1-GPU case alone would outlast what one GPU call allows.
+KEVIN = dict(tasks=8, traj=16, turns=4, model="1.5b", max_new_tokens=512, max_seqs=256, runners_per_gpu=8,
+             compile_workers=16)
 
 
 def _weight_sync_modes() -> tuple:
@@ -105,6 +128,13 @@ if "nccl" in _weight_sync_modes():      # the vLLM NCCL weight transfer: d_a wit
 CASES["c4"] = dict(CASES["c2"], gpus=4, workers=4, ranks=4)
 # d_a with algo.max_policy_lag_steps=1: the next step's rollouts overlap this step's training
 CASES["d_a_lag1"] = dict(CASES["d_a"], lag=1)
+# Kevin's layout on 1, 2 and 8 GPUs: k1 as c1, k2 as d_a; on 8 GPUs colocated across all (8 engines, 8 ranks) or
+# split 4 + 4 (4 GPUs each with an engine and the runners, 4 learner ranks), with or without policy lag 1
+CASES["k1"] = dict(CASES["c1"], **KEVIN)
+CASES["k2"] = dict(CASES["d_a"], **KEVIN)
+CASES["k8c"] = dict(CASES["c2"], gpus=8, workers=8, ranks=8, **KEVIN)
+CASES["k8d"] = dict(CASES["d_a"], gpus=8, workers=4, ranks=4, eval_gpus=4, **KEVIN)
+CASES["k8d_lag1"] = dict(CASES["k8d"], lag=1)
 
 
 def variant_of(trajectory_id: int, turn: int) -> str:
@@ -155,9 +185,10 @@ def _replay_evaluator_cls():
 
 
 # ------------------------------------------------------------------------------------------------------ configuration
-def model_dir(cpu: bool) -> str:
-    """config.json (Qwen2 shape) + the SmolLM2 tokenizer, no weights; outside $OUT (which comes back to the caller)."""
-    d = os.path.join("/tmp", "pipeline_gpu_model_" + ("tiny" if cpu else "qwen2_0p5b"))
+def model_dir(cpu: bool, size: str = "0.5b") -> str:
+    """config.json (Qwen2 shape: tiny on CPU, else MODELS[size]) + the SmolLM2 tokenizer, no weights; outside $OUT
+    (which comes back to the caller)."""
+    d = os.path.join("/tmp", "pipeline_gpu_model_" + ("tiny" if cpu else "qwen2_" + size.replace(".", "p")))
     if os.path.exists(os.path.join(d, "config.json")):
         return d
     from transformers import AutoTokenizer, Qwen2Config
@@ -173,7 +204,7 @@ def model_dir(cpu: bool) -> str:
     tok.save_pretrained(tmp)
     c = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                    **(TINY_QWEN2 if cpu else QWEN2_05B))
+                    **(TINY_QWEN2 if cpu else MODELS[size]))
     c.architectures = ["Qwen2ForCausalLM"]
     c.save_pretrained(tmp)
     os.replace(tmp, d) if not os.path.exists(d) else shutil.rmtree(tmp, ignore_errors=True)
@@ -184,35 +215,45 @@ def case_config(name: str, args, out_dir: str):
     from runtime.config import load_config
     c = CASES[name]
     cpu = args.cpu
-    eval_gpus = 0 if cpu else (c["gpus"] if c["mode"] == "colocated" else 1)
-    runners = 1 if cpu else args.runners_per_gpu * eval_gpus
+    eval_gpus = 0 if cpu else (c["gpus"] if c["mode"] == "colocated" else c.get("eval_gpus", 1))
+    runners = 1 if cpu else c.get("runners_per_gpu", args.runners_per_gpu) * eval_gpus
+    n_tasks = c.get("tasks", args.tasks_per_step)
     o = {"run.name": name, "run.output_dir": os.path.join(out_dir, "runs"), "run.total_steps": args.steps,
          "run.wandb_mode": "disabled", "run.seed": 0, "run.max_failures": 0,
          "ray.num_cpus": 6 if cpu else max(os.cpu_count() or 16, 32), "ray.num_gpus": 0 if cpu else c["gpus"],
          "ray.get_timeout_s": 600, "ray.dashboard": False,
          "tasks.source": "builtin", "tasks.split": "all",
-         "tasks.names": [f"builtin/{t}" for t in (CPU_TASKS if cpu else GPU_TASKS)],      # names match by substring
+         "tasks.names": [f"builtin/{t}" for t in (CPU_TASKS if cpu else GPU_TASKS[:max(n_tasks, 4)])],   # substring
          "tasks.size_profile": "cpu_small" if cpu else "as_published",
-         "model.name_or_path": model_dir(cpu), "model.random_init": True,
+         "model.name_or_path": model_dir(cpu, c.get("model", args.model)), "model.random_init": True,
          "model.dtype": "float32" if cpu else "bfloat16",
          "rollout.engine": "hf" if cpu else "vllm", "rollout.num_workers": c["workers"],
          "rollout.gpus_per_worker": 0.0 if cpu else c["rollout_gpu"], "rollout.cpus_per_worker": 1 if cpu else 2,
-         "rollout.max_new_tokens": args.max_new_tokens, "rollout.max_context_tokens": 3072,
-         "rollout.max_concurrent_sequences": 64, "rollout.gpu_memory_utilization": args.vllm_memory,
+         "rollout.max_new_tokens": c.get("max_new_tokens", args.max_new_tokens), "rollout.max_context_tokens": 3072,
+         "rollout.max_concurrent_sequences": c.get("max_seqs", 64), "rollout.gpu_memory_utilization": args.vllm_memory,
          "rollout.enable_sleep": True, "rollout.weight_sync": c.get("weight_sync", args.weight_sync),
          "rollout.vllm_enforce_eager": not args.cuda_graphs,
-         "algo.tasks_per_step": args.tasks_per_step, "algo.trajectories_per_task": args.trajectories,
-         "algo.max_turns": 2, "algo.gradient_steps_per_batch": 2, "algo.max_policy_lag_steps": c.get("lag", 0),
+         "algo.tasks_per_step": n_tasks, "algo.trajectories_per_task": c.get("traj", args.trajectories),
+         "algo.max_turns": c.get("turns", 2), "algo.gradient_steps_per_batch": 2,
+         "algo.max_policy_lag_steps": c.get("lag", 0),
          "learner.backend": "torch" if cpu else "deepspeed", "learner.num_ranks": c["ranks"],
          "learner.gpus_per_rank": 0.0 if cpu else c["learner_gpu"], "learner.cpus_per_rank": 1 if cpu else 2,
          "learner.lr": 1e-6, "learner.micro_batch_samples": 4, "learner.zero_stage": 3,
-         "evaluator.backend": "cpu" if cpu else "cuda", "evaluator.num_compile_workers": args.compile_workers,
-         "evaluator.num_runners": runners, "evaluator.gpus_per_runner": 0.0 if cpu else c["runner_gpu"] / (
-             runners / eval_gpus), "evaluator.compile_timeout_s": 300, "evaluator.max_in_flight": 64,
+         "evaluator.backend": "cpu" if cpu else "cuda",
+         "evaluator.num_compile_workers": c.get("compile_workers", args.compile_workers),
+         "evaluator.num_runners": runners, "evaluator.gpus_per_runner": 0.0 if cpu else _ray_share(c["runner_gpu"] / (
+             runners / eval_gpus)), "evaluator.compile_timeout_s": 300,
+         "evaluator.max_in_flight": c.get("max_seqs", 64),
          "placement.mode": c["mode"], "placement.gpus_per_node": 0 if cpu else c["gpus"]}
     if cpu:
         o.update({"evaluator.timing_trials": 5, "evaluator.timing_warmup": 1})
     return load_config(None, [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}" for k, v in o.items()])
+
+
+def _ray_share(x: float) -> float:
+    """A resource share rounded DOWN to Ray's 1e-4 resource unit (Ray rounds to nearest: 6 runners of 0.4/6 GPU would
+    need 6 x 0.0667 = 0.4002 and no longer fit next to a 0.6 engine)."""
+    return math.floor(x * 1e4) / 1e4
 
 
 # ---------------------------------------------------------------------------------------------------- GPU sampling
@@ -324,6 +365,8 @@ def run_case(name: str, args) -> dict:
                      os.environ.get("CUDA_VISIBLE_DEVICES")}
     shm_before = set(glob.glob("/dev/shm/sandbox-rl-*"))
     sampler = GpuSampler() if not args.cpu else None
+    done = threading.Event()
+    threading.Thread(target=_stack_dump_later, args=(name, args, t_start, done), daemon=True).start()
     init_ray(cfg)
     try:
         tasks, workers, evaluator, pool, learner, aggregator, pg, rd = build(cfg, not args.no_replay)
@@ -348,6 +391,7 @@ def run_case(name: str, args) -> dict:
                    {"pool": ray.get(pool.stats.remote(), timeout=60)})
         res["run_dir"] = os.path.relpath(rd.root, args.out)
     finally:
+        done.set()
         if sampler is not None:
             res.update(sampler.result())
         ray.shutdown()
@@ -355,6 +399,61 @@ def run_case(name: str, args) -> dict:
             shutil.rmtree(d, ignore_errors=True)
     res["case_wall_s"] = round(time.time() - t_start, 1)
     return res
+
+
+def py_spy() -> str | None:
+    """py-spy (for stack dumps of a stuck case): on PATH, or the binary benchmarks/build_extra.sh puts in
+    .benchextra/bin."""
+    found = shutil.which("py-spy")
+    local = os.path.join(ROOT, ".benchextra", "bin", "py-spy")
+    return found or (local if os.access(local, os.X_OK) else None)
+
+
+def dump_stacks(path: str, root_pid: int | None = None) -> int:
+    """Python stacks of every process under `root_pid` (this one by default: the Ray cluster it started, its actors
+    and their vLLM engine cores) into `path`, one py-spy dump each. Returns the number of processes dumped."""
+    import psutil
+    exe = py_spy()
+    if exe is None:
+        with open(path, "w") as fh:
+            fh.write("py-spy not found (benchmarks/build_extra.sh puts it in .benchextra/bin)\n")
+        return 0
+    procs = []
+    for p in psutil.Process(root_pid or os.getpid()).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        head = cmd[0] if cmd else ""
+        if head.startswith(("ray::", "VLLM")) or "python" in os.path.basename(head):
+            procs.append((p.pid, " ".join(cmd)[:200]))
+
+    def one(item) -> str:
+        pid, cmd = item
+        try:
+            r = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            body = r.stdout or r.stderr
+        except (OSError, subprocess.SubprocessError) as e:
+            body = f"py-spy failed: {e}"
+        return f"===== pid {pid}: {cmd}\n{body}\n"
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        text = "".join(ex.map(one, procs))
+    with open(path, "w") as fh:
+        fh.write(text)
+    return len(procs)
+
+
+def _stack_dump_later(name: str, args, t_start: float, done: threading.Event) -> None:
+    """Shortly before the case's timeout, if it is still running: dump every process's stacks (see dump_stacks)."""
+    wait = args.case_timeout_s - args.stack_dump_before_s - (time.time() - t_start)
+    if wait <= 0 or done.wait(wait):
+        return
+    path = os.path.join(args.out, f"{name}_stacks.txt")
+    n = dump_stacks(path)
+    print(f"[{name}] still running {time.time() - t_start:.0f} s after its start: stacks of {n} processes in "
+          f"{path}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------------ warm-up
@@ -365,7 +464,7 @@ def prewarm(args) -> dict:
     import torch
     from kernel_eval.build import compile_candidate
     cfg = case_config("c1", args, args.out).evaluator
-    cands = candidates(CPU_TASKS if args.cpu else GPU_TASKS, cfg.backend)
+    cands = candidates(CPU_TASKS if args.cpu else GPU_TASKS, cfg.backend)      # every task any case uses
     jobs = [(t, v, code) for t, vs in cands.items() for v, code in vs.items() if v != "compile_error"]
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), (os.cpu_count() or 2) // 2))) as ex:
@@ -391,11 +490,13 @@ def _child(phase: str, args) -> None:
 
 
 def _spawn(phase: str, args, argv: list[str], timeout_s: int) -> dict:
+    from runtime.procs import kill_tree
     env = dict(os.environ)
     if not args.cpu and phase in CASES:
         visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "0,1,2,3").split(",") if d.strip()] or ["0", "1"]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[:CASES[phase]["gpus"]])
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("RAY_DEDUP_LOGS", "0")       # every process's lines, in order (a hang shows who went quiet)
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase] + argv
     print(f"== {phase} (timeout {timeout_s} s, CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')})", flush=True)
     t0 = time.time()
@@ -404,24 +505,20 @@ def _spawn(phase: str, args, argv: list[str], timeout_s: int) -> dict:
     with open(log_path, "w") as log:
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-        timer = threading.Timer(timeout_s, lambda: os.killpg(p.pid, 9))
+        timer = threading.Timer(timeout_s, lambda: kill_tree(p.pid))
         timer.start()
         try:
             for line in p.stdout:           # type: ignore[union-attr]
                 log.write(line)
                 lines.append(line)
-                if not line.startswith(MARK) and ("step " in line or "ready" in line or line.startswith("==")):
+                if not line.startswith(MARK) and (any(k in line for k in ("step ", "ready", "stacks of"))
+                                                  or line.startswith("==")):
                     print("   " + line.rstrip()[:300], flush=True)
             p.wait()
         finally:
             timer.cancel()
-    try:                                    # Ray/vLLM processes the child left behind in its session
-        os.killpg(p.pid, 9)
-    except OSError:
-        pass
-    if p.returncode != 0:                   # killed: its Ray daemons may hold GPUs; stop them before the next case
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
-                       timeout=120)
+    kill_tree(p.pid)                        # Ray/vLLM processes the child left behind (this case's cluster only:
+                                            # other cases may run beside it on other GPUs)
     for line in reversed(lines):
         if line.startswith(MARK):
             r = json.loads(line[len(MARK):])
@@ -478,7 +575,15 @@ def main(argv=None) -> int:
     ap.add_argument("--vllm-memory", type=float, default=0.25, help="rollout.gpu_memory_utilization")
     ap.add_argument("--cuda-graphs", action="store_true", help="vLLM with CUDA graphs (~45 s more start-up)")
     ap.add_argument("--case-timeout-s", type=int, default=None, help="default 420 (GPU), 300 (--cpu)")
-    ap.add_argument("--no-prewarm", action="store_true")
+    ap.add_argument("--no-prewarm", action="store_true", help="the build cache is warm already (--prewarm-only ran "
+                                                            "on this machine)")
+    ap.add_argument("--prewarm-only", action="store_true", help="only compile the replayed candidates into the build "
+                                                              "cache (no vLLM needed), then exit")
+    ap.add_argument("--model", default="0.5b", choices=sorted(MODELS), help="Qwen2 shape of the cases without "
+                                                                          "their own (the k* cases use 1.5b)")
+    ap.add_argument("--stack-dump-before-s", type=int, default=45,
+                    help="this long before a case's timeout, py-spy dumps the Python stacks of every process of its "
+                         "Ray cluster into <case>_stacks.txt (when py-spy is found)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -499,10 +604,16 @@ def main(argv=None) -> int:
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     results: dict = {"args": {k: v for k, v in vars(args).items() if k != "phase"}, "cases": []}
     t0 = time.time()
-    model_dir(cpu)                      # once, before the cases race to write it
-    if not args.no_prewarm and not args.no_replay:
+    for size in {CASES[n].get("model", args.model) for n in args.cases}:
+        model_dir(cpu, size)            # once, before the cases race to write it
+    if (not args.no_prewarm and not args.no_replay) or args.prewarm_only:
         results["prewarm"] = _spawn("prewarm", args, passthrough, 600)
         print(f"   prewarm: {json.dumps(results['prewarm'])[:600]}", flush=True)
+        if args.prewarm_only:
+            with open(os.path.join(args.out, "prewarm.json"), "w") as fh:
+                json.dump(results["prewarm"], fh, indent=1, default=str)
+            return 0 if "error" not in results["prewarm"] and all(
+                b["ok"] for b in results["prewarm"].get("builds", {}).values()) else 1
     for name in args.cases:
         r = _spawn(name, args, passthrough, args.case_timeout_s)
         results["cases"].append(r)

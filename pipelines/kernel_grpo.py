@@ -225,11 +225,11 @@ class KernelGRPO:
     """Controller state (step, weight version, task sampler) and one training step. The actors are created by
     `runtime.trainer` (see `build_actors`) and handed in, so tests can run the same step with other workers."""
 
-    def __init__(self, cfg, tasks: list, workers: list, pool, learner, aggregator, run_dir, log: Callable = print,
-                 stop: Optional[Callable[[], bool]] = None, progress: bool = True):
+    def __init__(self, cfg, tasks: list, workers: list, pool, learner, aggregator, run_dir,
+                 log: Optional[Callable] = None, stop: Optional[Callable[[], bool]] = None, progress: bool = True):
         self.cfg, self.tasks, self.workers, self.pool = cfg, tasks, workers, pool
         self.learner, self.aggregator, self.run_dir = learner, aggregator, run_dir
-        self.log, self.stop, self.progress = log, stop, progress
+        self.log, self.stop, self.progress = log or _print_flush, stop, progress
         self.step = 0
         self.weight_version = 0
         self.sampler = TaskSampler(len(tasks), cfg.run.seed)
@@ -329,6 +329,8 @@ class KernelGRPO:
             t_overlap = time.time() - t1
         train_metrics = _mean_dicts(ray.get(train_ref, timeout=timeout)) if train_ref is not None else {}
         t_train = time.time() - t0
+        self.log(f"[step {self.step}] learner {t_train:.1f} s on {len(sample_refs)} samples; syncing weights "
+                 f"(version {self.weight_version + 1})")
         # 7. weight sync: every worker loads the new weights under the next version (one object-store export, or
         #    one NCCL broadcast from the learner's GPU with rollout.weight_sync=nccl)
         t0 = time.time()
@@ -370,7 +372,11 @@ class KernelGRPO:
             self.sampler.load_state_dict(sampler_before)
             return None
         # engines sleep while the learner trains (colocated placement, engines that support it)
+        t0 = time.time()
         self._call_workers("sleep", timeout) if self._sleeps() else None
+        asleep = f"; engines asleep in {time.time() - t0:.1f} s" if self._sleeps() else ""
+        self.log(f"[step {step}] rollout {rs.wall_s:.1f} s: {rs.turns} turns of {len(trajs)} trajectories, "
+                 f"{rs.failed_turns} failed{asleep}")
         return Batch(step, task_ids, tasks, trajs, rs, sampler_before)
 
     def _sleeps(self) -> bool:
@@ -379,6 +385,10 @@ class KernelGRPO:
 
     def _call_workers(self, method: str, timeout: float) -> None:
         ray.get([getattr(w, method).remote() for w in self.workers], timeout=timeout)
+
+
+def _print_flush(message: str) -> None:
+    print(message, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------ weight sync
