@@ -10,14 +10,19 @@
 #   part 6 (carry .kit .benchextra):   learner MFU 1 | 2 | 4 ranks, CUDA adversarial sweep, build-cache warm-up
 #   part 7 (carry .vllmkit .kit/activate.sh .benchextra/tokenizer .benchextra/bin):
 #                                      pipeline c2 d_b | d_a_nccl d_a_lag1 | k1 | k2 | vLLM engine test + rollout bench
-#   part 8 (same carry as part 7):     pipeline k8c, then k8d_lag1 (all 8 GPUs)
+#   part 8 (same carry as part 7):     pipeline k8c, then k8d_lag1 (all 8 GPUs)  [not run: part 7 used the time]
+# then, on a fresh 8 x H200 node after the fixes that part 7's stack dumps led to:
+#   part 9 (carry .kit .benchextra):   CUDA adversarial sweep + spin probe | build-cache warm-up
+#   part 10 (same carry as part 7):    pipeline k8c (8 GPUs); then c2 (GPUs 0,1) | d_a_lag1 (GPUs 2,3)
+#                                      [k8c did not start: pipeline_gpu.py then defaulted to GPUs 0-3; fixed]
+#   part 11 (carry the activate.sh files, .benchextra/tokenizer .benchextra/bin): k8c on all 8 GPUs
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-8}
+part=${1:?part 1-11}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -95,6 +100,28 @@ case $part in
   timeout 270 $P --cases k8c --steps 2 --case-timeout-s 260 --out "$OUT/k8c" > "$OUT/k8c.log" 2>&1
   timeout 290 $P --cases k8d_lag1 --steps 3 --case-timeout-s 280 --out "$OUT/k8d" > "$OUT/k8d.log" 2>&1
   tar czf "$FINAL/part8.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+9)
+  (export CUDA_VISIBLE_DEVICES=3
+   OUT=$OUT/adv timeout 250 python3 benchmarks/adversarial_sweep.py --backend cuda --compile-jobs 8 \
+     --cache-dir /tmp/adv_builds > "$OUT/adv.log" 2>&1
+   OUT=$OUT/adv timeout 90 python3 benchmarks/probe_cuda_spin.py > "$OUT/probe.log" 2>&1) &
+  (timeout 250 python3 benchmarks/pipeline_gpu.py --prewarm-only --out "$OUT/prewarm" > "$OUT/prewarm.log" 2>&1) &
+  wait
+  tar czf "$FINAL/part9.tgz" -C "$OUT" . ;;
+10)
+  P="python3 benchmarks/pipeline_gpu.py --no-prewarm"
+  timeout 295 $P --cases k8c --steps 2 --case-timeout-s 290 --out "$OUT/k8c" > "$OUT/k8c.log" 2>&1
+  (CUDA_VISIBLE_DEVICES=0,1 timeout 205 $P --cases c2 --steps 2 --case-timeout-s 200 --out "$OUT/c2" \
+     > "$OUT/c2.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=2,3 timeout 205 $P --cases d_a_lag1 --steps 2 --case-timeout-s 200 --out "$OUT/lag" \
+     > "$OUT/lag.log" 2>&1) &
+  wait
+  tar czf "$FINAL/part10.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+11)
+  export CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7
+  timeout 400 python3 benchmarks/pipeline_gpu.py --no-prewarm --cases k8c --steps 2 --case-timeout-s 390 \
+    --out "$OUT/k8" > "$OUT/k8.log" 2>&1
+  tar czf "$FINAL/part11.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

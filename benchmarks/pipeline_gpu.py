@@ -489,11 +489,21 @@ def _child(phase: str, args) -> None:
     os._exit(0)                 # do not wait for lingering non-daemon threads of the libraries
 
 
+def _all_gpus() -> list[str]:
+    """Indices of every GPU of this node (nvidia-smi; no CUDA context in this process), ["0"] if it cannot tell."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ["0"]
+    return [x.strip() for x in out.splitlines() if x.strip().isdigit()] or ["0"]
+
+
 def _spawn(phase: str, args, argv: list[str], timeout_s: int) -> dict:
     from runtime.procs import kill_tree
     env = dict(os.environ)
     if not args.cpu and phase in CASES:
-        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "0,1,2,3").split(",") if d.strip()] or ["0", "1"]
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or _all_gpus()
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[:CASES[phase]["gpus"]])
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("RAY_DEDUP_LOGS", "0")       # every process's lines, in order (a hang shows who went quiet)

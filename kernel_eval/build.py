@@ -436,9 +436,15 @@ def cuda_arch_list(cfg: Any) -> str:
 
 
 def build_env(cfg: Any) -> dict:
-    """Environment the compile and run sandboxes share for building/loading extensions."""
+    """Environment the compile and run sandboxes share for building/loading extensions. CUDA: importing
+    torch.utils.cpp_extension asks torch.cuda.is_available(), which by default initializes the CUDA driver (seconds
+    on a node with 8 GPUs, serialized in the driver across the dozens of sandboxes that start at once, and useless
+    in a compile sandbox); PYTORCH_NVML_BASED_CUDA_CHECK=1 answers it from NVML instead. Code that really uses the
+    GPU still initializes CUDA as usual."""
+    if getattr(cfg, "backend", "cpu") != "cuda":
+        return {}
     arch = cuda_arch_list(cfg)
-    return {"TORCH_CUDA_ARCH_LIST": arch} if arch else {}
+    return {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", **({"TORCH_CUDA_ARCH_LIST": arch} if arch else {})}
 
 
 def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> BuildResult:

@@ -60,7 +60,11 @@ class Channel:
 
 
 def _preload() -> None:
-    """Imports done before the request arrives (a pre-spawned process pays them while it waits)."""
+    """Imports done before the request arrives (a pre-spawned process pays them while it waits). A CUDA run sandbox
+    (SANDBOX_RL_WARM_DEVICE set by kernel_eval.evaluate.run_candidate) also creates its CUDA context here: on an
+    8-GPU node with dozens of sandboxes per step, context creation (torch.cuda.set_device) was where 56 of 64 busy
+    sandboxes were found waiting, so it is moved off the request's critical path. A failure is left for the request
+    to hit again and report."""
     import torch  # noqa: F401
     import torch.utils.cpp_extension  # noqa: F401
     import kernel_eval.build  # noqa: F401
@@ -68,6 +72,12 @@ def _preload() -> None:
         import kernel_eval.inputs  # noqa: F401
     except ImportError:
         pass
+    device = os.environ.get("SANDBOX_RL_WARM_DEVICE", "")
+    if device.startswith("cuda"):
+        try:
+            torch.cuda.set_device(device)
+        except Exception:        # noqa: BLE001 - _run's own set_device raises it with the request's context
+            pass
 
 
 def main() -> None:
@@ -241,6 +251,35 @@ def _structure(out: list, inputs: list) -> Optional[tuple[str, str]]:
     return None
 
 
+_HOLD_CYCLES = 60_000_000        # ~30 ms of torch.cuda._sleep at H100/H200 clocks (1.7-2 GHz)
+
+
+def _hold_side_streams(device: str, streams: list) -> None:
+    """Make work that a call leaves on other streams wait: every stream of PyTorch's CUDA stream pool (the ones
+    at::cuda::getStreamFromPool hands out, however its name is spelled in the source) gets a ~30 ms spin kernel
+    first. A candidate that launches there and returns without joining its current stream then cannot have written
+    its outputs by the time _fingerprint reads them on the current stream: the deferred write is caught every
+    time, not only when the side kernel happens to be slower than the fingerprint. A candidate that joins the side
+    stream back into the current one (event wait) only waits ~30 ms longer. `streams` caches the pool's handles."""
+    import torch
+    if not device.startswith("cuda"):
+        return
+    if not streams:
+        least, greatest = torch.cuda.Stream.priority_range()          # e.g. (0, -5): lower is more urgent
+        seen = set()
+        for prio in range(greatest, least + 1):
+            for _ in range(32):                                         # c10's pool: 32 streams per priority
+                st = torch.cuda.Stream(device=device, priority=prio)    # round-robin over the pool
+                if st.cuda_stream not in seen:
+                    seen.add(st.cuda_stream)
+                    streams.append(st)
+    current = torch.cuda.current_stream().cuda_stream
+    for st in streams:
+        if st.cuda_stream != current:
+            with torch.cuda.stream(st):
+                torch.cuda._sleep(_HOLD_CYCLES)
+
+
 def _fingerprint(out: list, device: str) -> list:
     """Checksums computed on the current stream right after the call (before a device-wide synchronize)."""
     import torch
@@ -277,6 +316,7 @@ def _run(req: dict, chan: Channel) -> None:
     torch.manual_seed(int(req["init_seed"]))
     cand = cand_mod.ModelNew(*init_inputs).to(device)
     chan.send({"type": "loaded", "seconds": time.monotonic() - t0})
+    pool_streams: list = []
     for i, inputs in enumerate(trials):
         digests = [_digest(x) for x in inputs]
         for rep in range(2):
@@ -286,6 +326,7 @@ def _run(req: dict, chan: Channel) -> None:
                 _sync(device)
             _poison(device, poison_bytes)
             x = _clone(inputs)
+            _hold_side_streams(device, pool_streams)
             with torch.no_grad():
                 out = _as_list(cand(*x))
             problem = _structure(out, x)

@@ -235,8 +235,11 @@ def run_candidate(task: Any, code: str, keys: list, cfg: Any, res: EvalResult,
     device = device or ("cuda:0" if cfg.backend == "cuda" else "cpu")
     limits = SandboxLimits(wall_s=cfg.run_timeout_s, memory_mb=None if device.startswith("cuda")
                            else cfg.memory_limit_mb, isolate_network=cfg.isolate_network)
-    sb = acquire_sandbox(limits, threads=cfg.cpu_threads, extra_env=build_env(cfg) or None,
-                         warm=getattr(cfg, "warm_sandboxes", 0), parent_dir=cfg.work_dir)   # same arch -> same keys
+    env = build_env(cfg)                                 # same arch -> same keys
+    if device.startswith("cuda"):
+        env["SANDBOX_RL_WARM_DEVICE"] = device           # a pre-spawned sandbox creates its CUDA context early
+    sb = acquire_sandbox(limits, threads=cfg.cpu_threads, extra_env=env or None,
+                         warm=getattr(cfg, "warm_sandboxes", 0), parent_dir=cfg.work_dir)
     ext_dir = os.path.join(sb.workdir, "ext")
     try:
         if payload is not None:

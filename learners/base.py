@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -114,6 +114,33 @@ def compile_decoder_layers(model) -> int:
     for m in layers:
         m.forward = torch.compile(m.forward)
     return len(layers)
+
+
+def gather_state_dict(module: torch.nn.Module, rank: int, gather: Optional[Callable[[list], Any]],
+                      dtype: torch.dtype) -> Optional[dict]:
+    """The full state dict as CPU tensors (floating ones in `dtype`) on rank 0, None on other ranks. `gather` (None:
+    parameters are whole on every rank) makes a context in which the listed parameters are whole, collectively
+    (ZeRO-3's GatheredParameters): every rank must call this, and every rank enters the same gathers in the same
+    order -- a tied parameter (e.g. embed_tokens / lm_head) is gathered once, on every rank, and exported under both
+    names; a rank that gathered it a second time would wait forever for the others."""
+    def export(x: torch.Tensor) -> Optional[torch.Tensor]:
+        if rank != 0:
+            return None
+        return x.detach().to("cpu", dtype=dtype if x.is_floating_point() else x.dtype, copy=True)
+
+    params = {id(p) for p in module.parameters()}
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, Optional[torch.Tensor]] = {}
+    for key, t in module.state_dict(keep_vars=True).items():
+        if id(t) not in done:
+            if gather is not None and id(t) in params:
+                with gather([t]):
+                    done[id(t)] = export(t.data)
+            else:
+                done[id(t)] = export(t)
+        if rank == 0:
+            out[key] = done[id(t)]
+    return out if rank == 0 else None
 
 
 def chunks(items: Sequence, size: int) -> list[list]:

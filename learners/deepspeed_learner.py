@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers, decoder_layers,
+                           gather_state_dict,
                            enable_activation_checkpointing, lr_factor, model_inputs)
 from learners.fused_kernels import apply_fused_kernels
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
@@ -171,25 +172,9 @@ class DeepSpeedLearner(LearnerBackend):
     def state_dict_cpu(self) -> Optional[dict[str, torch.Tensor]]:
         """Full weights (CPU tensors, model.dtype) on rank 0; None on other ranks. Every rank must call it."""
         import deepspeed
-        module = self.engine.module
-        names = {id(p): n for n, p in module.named_parameters()}
-        out: dict[str, torch.Tensor] = {}
-        gathered: dict[int, torch.Tensor] = {}
-        for key, t in module.state_dict(keep_vars=True).items():
-            if id(t) in gathered:                                 # tied weights: one gather, two names
-                if self.rank == 0:
-                    out[key] = gathered[id(t)]
-                continue
-            if id(t) in names and self.lcfg.zero_stage == 3:
-                with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
-                    full = t.data.detach().to("cpu", dtype=self.export_dtype, copy=True) if self.rank == 0 else None
-            else:
-                full = t.detach().to("cpu", dtype=self.export_dtype if t.is_floating_point() else t.dtype,
-                                     copy=True) if self.rank == 0 else None
-            if self.rank == 0:
-                out[key] = full
-                gathered[id(t)] = full
-        return out if self.rank == 0 else None
+        gather = (lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=None)) \
+            if self.lcfg.zero_stage == 3 else None
+        return gather_state_dict(self.engine.module, self.rank, gather, self.export_dtype)
 
     def save(self, directory: str) -> str:
         """DeepSpeed checkpoint (sharded weights, optimizer, scheduler) + our step counter. All ranks call it."""

@@ -46,3 +46,13 @@ for _p in glob.glob("out/*/*.o") + glob.glob("out/*/*.so"):
     build = compile_candidate(code, "cpu", cfg, torch.__version__)
     assert not os.listdir(tmp_path / "objects") if (tmp_path / "objects").exists() else True
     assert not build.ok and "no shared library" in build.log, build.log[-2000:]
+
+
+def test_build_env_of_cuda_sandboxes_checks_cuda_through_nvml():
+    """CUDA sandboxes answer torch.cuda.is_available() (asked when cpp_extension is imported) from NVML instead of
+    initializing the driver; the arch list travels with it. CPU sandboxes get neither."""
+    from kernel_eval.build import build_env
+    from runtime.config import EvaluatorConfig
+    assert build_env(EvaluatorConfig(backend="cpu")) == {}
+    env = build_env(EvaluatorConfig(backend="cuda", cuda_arch_list="9.0"))
+    assert env == {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TORCH_CUDA_ARCH_LIST": "9.0"}

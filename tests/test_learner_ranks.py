@@ -95,22 +95,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_average_to_the_one_process_gradient_and_share_logprobs():
+def _run_ranks(target, timeout_s: float) -> dict:
+    """Run target(rank, port, results) in WORLD spawned processes; their results, or fail naming the ranks that
+    had not finished after `timeout_s` (a collective one rank never entered blocks the others)."""
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         results = manager.dict()
         port = _free_port()
-        procs = [ctx.Process(target=_rank_main, args=(r, port, results)) for r in range(WORLD)]
+        procs = [ctx.Process(target=target, args=(r, port, results)) for r in range(WORLD)]
         for p in procs:
             p.start()
         for p in procs:
-            p.join(timeout=240)
+            p.join(timeout=timeout_s)
         alive = [p.pid for p in procs if p.is_alive()]
         for p in procs:
             if p.is_alive():
                 p.kill()
-        assert not alive, f"ranks {alive} did not finish in 240 s"
-        res = dict(results)
+        assert not alive, f"ranks {alive} did not finish in {timeout_s:.0f} s"
+        return dict(results)
+
+
+def test_two_ranks_average_to_the_one_process_gradient_and_share_logprobs():
+    res = _run_ranks(_rank_main, 240)
     for r in range(WORLD):
         assert r in res and "error" not in res[r], res.get(r, {}).get("error", f"rank {r} returned nothing")
     for norm in NORMS:
@@ -195,3 +201,55 @@ def test_deepspeed_two_ranks_logprobs_train_export_resume(tmp_path):
     assert res[0]["logprobs"] == res[1]["logprobs"]
     assert res[0]["train"]["grad_norm"] == pytest.approx(res[1]["train"]["grad_norm"], rel=1e-5)
     assert res[0]["weights"] == sorted(tiny_model(0).state_dict()) and res[1]["weights"] is None
+
+
+# ------------------------------------------------------------------------------------- weight export across ranks
+class _Tied(torch.nn.Module):
+    """An embedding tied to the output layer (as Qwen2-0.5B/1.5B tie embed_tokens and lm_head) and one more layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(11, 4)
+        self.mid = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 11, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def _export_rank_main(rank: int, port: int, results) -> None:
+    """gather_state_dict with a gather context that runs a real collective on entry (as ZeRO-3's GatheredParameters
+    does): a rank entering a gather the other skips blocks, and the test's join times out."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    from learners.base import gather_state_dict
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+        entered = []
+
+        @contextlib.contextmanager
+        def gather(params):
+            dist.all_reduce(torch.ones(1))
+            entered.append(len(params))
+            yield
+
+        sd = gather_state_dict(_Tied(), rank, gather, torch.bfloat16)
+        results[rank] = {"gathers": len(entered), "state": sd}
+        dist.destroy_process_group()
+    except Exception:
+        results[rank] = {"error": traceback.format_exc()}
+
+
+def test_weight_export_gathers_a_tied_parameter_once_on_every_rank():
+    """Regression: rank 0 skipped the second name of a tied parameter but the other ranks gathered it again, so
+    under ZeRO-3 rank 1 waited forever in the first weight export of a Qwen2-shaped model with 2 learner ranks."""
+    res = _run_ranks(_export_rank_main, 60)
+    for r in range(WORLD):
+        assert r in res and "error" not in res[r], res.get(r, {}).get("error", f"rank {r} returned nothing")
+    assert res[0]["gathers"] == res[1]["gathers"] == 3          # embed (= head), mid.weight, mid.bias
+    assert res[1]["state"] is None
+    sd, ref = res[0]["state"], _Tied().state_dict()
+    assert set(sd) == set(ref) == {"embed.weight", "mid.weight", "mid.bias", "head.weight"}
+    for k, v in ref.items():
+        assert sd[k].dtype == torch.bfloat16 and torch.equal(sd[k], v.to(torch.bfloat16)), k

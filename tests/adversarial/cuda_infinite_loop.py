@@ -10,14 +10,16 @@ from torch.utils.cpp_extension import load_inline
 CPP = "torch::Tensor relu_fwd(torch::Tensor x);"
 CUDA = r"""
 #include <c10/cuda/CUDAStream.h>
-__global__ void relu_k(const float* x, float* y, int64_t n) {
-    volatile int64_t spin = 0;
-    while (spin >= 0) spin = spin + 1 - 1;
+// spins on a flag in device memory that nothing ever sets: the compiler cannot prove the loop ends (a spin on a
+// volatile local was compiled away by nvcc -O2 on sm_90: the kernel returned at once)
+__global__ void relu_k(const float* x, float* y, int64_t n, volatile const int* flag) {
+    while (*flag == 0) { }
     y[0] = x[0];
 }
 torch::Tensor relu_fwd(torch::Tensor x) {
     auto y = torch::empty_like(x);
-    relu_k<<<1, 1>>>(x.data_ptr<float>(), y.data_ptr<float>(), x.numel());
+    auto flag = torch::zeros({1}, x.options().dtype(torch::kInt32));
+    relu_k<<<1, 1>>>(x.data_ptr<float>(), y.data_ptr<float>(), x.numel(), flag.data_ptr<int>());
     return y;
 }
 """
