@@ -198,8 +198,12 @@ class LearnerGroup:
 
     def async_weights(self):
         """Ref to rank 0's full weights (dict[str, CPU Tensor], stored once in the object store)."""
-        refs = [self._track(a.weights.remote(), r) for r, a in enumerate(self.ranks)]
-        return refs[0]
+        return self.async_weights_all()[0]
+
+    def async_weights_all(self) -> list:
+        """One export ref per rank (every rank must take part in ZeRO-3's gathers): rank 0's holds the weights, the
+        others' None. Waiting for all of them tells a rank stuck in the export from a finished one."""
+        return [self._track(a.weights.remote(), r) for r, a in enumerate(self.ranks)]
 
     def async_weight_transfer_endpoint(self):
         """Ref to (IP, free port) of rank 0's node: the NCCL weight-transfer group's rendezvous address."""

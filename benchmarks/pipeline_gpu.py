@@ -216,7 +216,7 @@ def case_config(name: str, args, out_dir: str):
     c = CASES[name]
     cpu = args.cpu
     eval_gpus = 0 if cpu else (c["gpus"] if c["mode"] == "colocated" else c.get("eval_gpus", 1))
-    runners = 1 if cpu else c.get("runners_per_gpu", args.runners_per_gpu) * eval_gpus
+    runners = 1 if cpu else (args.runners_per_gpu or c.get("runners_per_gpu", 2)) * eval_gpus
     n_tasks = c.get("tasks", args.tasks_per_step)
     o = {"run.name": name, "run.output_dir": os.path.join(out_dir, "runs"), "run.total_steps": args.steps,
          "run.wandb_mode": "disabled", "run.seed": 0, "run.max_failures": 0,
@@ -580,7 +580,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 1024 (GPU), 24 (--cpu)")
     ap.add_argument("--tasks-per-step", type=int, default=None, help="default 4 (GPU), 2 (--cpu)")
     ap.add_argument("--trajectories", type=int, default=None, help="per task; default 8 (GPU), 2 (--cpu)")
-    ap.add_argument("--runners-per-gpu", type=int, default=2, help="sandbox runners per evaluation GPU")
+    ap.add_argument("--runners-per-gpu", type=int, default=None,
+                    help="sandbox runners per evaluation GPU (default: the case's, else 2)")
     ap.add_argument("--compile-workers", type=int, default=None, help="default min(12, cores/2) (GPU), 1 (--cpu)")
     ap.add_argument("--vllm-memory", type=float, default=0.25, help="rollout.gpu_memory_utilization")
     ap.add_argument("--cuda-graphs", action="store_true", help="vLLM with CUDA graphs (~45 s more start-up)")

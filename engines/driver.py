@@ -270,6 +270,13 @@ class EngineDriver:
 
     def _step(self, engine) -> None:
         n = len(self._live)
+        if engine.num_in_flight() == 0:
+            # the engine holds none of them (lost, e.g. by a request-id mix-up): stepping would return nothing
+            # forever, the waiting callers would hang and a drain (weights, sleep) would never start
+            log.error("%s: %d requests in flight here but none in the engine: failing them", self.name, n)
+            self._fail_live(RuntimeError(f"{self.name}: {n} requests were lost by the engine (in flight in the "
+                                         "driver, unknown to the engine)"))
+            return
         t = time.perf_counter()
         try:
             done = engine.step()

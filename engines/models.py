@@ -62,6 +62,11 @@ def _tokenizer_cached(name_or_path: str, gguf_file: str | None, trust_remote_cod
     except OSError as e:
         raise ModelLoadError(f"could not load the tokenizer of model.name_or_path={name_or_path!r}: {e}. "
                              "Models are not downloaded on machines without hub access: give a local path.") from e
+    if len(tok) < 64:
+        # a directory with a model config but no tokenizer files: transformers builds an empty tokenizer whose only
+        # token is its default eos -- id 0, a real token of the model, which would then end generations
+        raise ModelLoadError(f"model.name_or_path={name_or_path!r}: the tokenizer has {len(tok)} token(s), i.e. no "
+                             "vocabulary files (tokenizer.json / vocab) next to the model")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 
 from engines.base import Engine, Generation, SamplingParams
-from engines.models import load_model, load_tokenizer, resolve_source
+from engines.models import ModelLoadError, load_model, load_tokenizer, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def materialize_checkpoint(model_cfg, seed: int) -> tuple[str, Optional[str]]:
     model = load_model(model_cfg, seed=seed, device="cpu")
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(model_cfg).save_pretrained(tmp)
+    try:
+        load_tokenizer(model_cfg).save_pretrained(tmp)
+    except ModelLoadError as e:       # vLLM runs on token ids (skip_tokenizer_init); the eos comes from the config
+        log.warning("checkpoint for vLLM without a tokenizer: %s", e)
     del model
     return tmp, tmp
 

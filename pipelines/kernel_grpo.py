@@ -327,7 +327,8 @@ class KernelGRPO:
             t1 = time.time()
             self._next = self._rollout(self.step + 1)
             t_overlap = time.time() - t1
-        train_metrics = _mean_dicts(ray.get(train_ref, timeout=timeout)) if train_ref is not None else {}
+        train_metrics = _mean_dicts(wait_all(train_ref, timeout, f"learner update (step {self.step})", [
+            f"learner rank {r}" for r in range(len(train_ref))])) if train_ref is not None else {}
         t_train = time.time() - t0
         self.log(f"[step {self.step}] learner {t_train:.1f} s on {len(sample_refs)} samples; syncing weights "
                  f"(version {self.weight_version + 1})")
@@ -403,8 +404,13 @@ def sync_weights(cfg, learner, workers: list, version: int, timeout_s: float) ->
         send = learner.async_send_weights(meta)
         wait_all(recv + send, timeout_s, f"NCCL weight sync (version {version})")
         return
-    weights_ref = learner.async_weights()
-    ray.get([w.update_weights.remote(weights_ref, version) for w in workers], timeout=timeout_s)
+    # every rank's export is waited for, not only rank 0's (whose result the workers load): under ZeRO-3 the ranks
+    # gather together, and a rank still stuck in an export would otherwise only show up later, as a hung update
+    exports = learner.async_weights_all()
+    loads = [w.update_weights.remote(exports[0], version) for w in workers]
+    wait_all(loads + exports[1:], timeout_s, f"weight sync (version {version})",
+             [f"rollout-{i} load" for i in range(len(loads))] +
+             [f"learner rank {r} export" for r in range(1, len(exports))])
 
 
 def init_nccl_weight_sync(cfg, learner, workers: list, timeout_s: float) -> dict:
@@ -424,10 +430,10 @@ def init_nccl_weight_sync(cfg, learner, workers: list, timeout_s: float) -> dict
     return meta
 
 
-def wait_all(refs: list, timeout_s: float, what: str) -> list:
+def wait_all(refs: list, timeout_s: float, what: str, names: Optional[list[str]] = None) -> list:
     """Results of all refs, failing fast: the first error raises at once (the peers of a collective would otherwise
-    block until the timeout). A timeout names how many are still pending. After a failure of a collective its group is
-    unusable; the trial restarts from its last checkpoint."""
+    block until the timeout). A timeout names how many are still pending, and which when `names` (one per ref) are
+    given. After a failure of a collective its group is unusable; the trial restarts from its last checkpoint."""
     pending = list(refs)
     index = {r: i for i, r in enumerate(refs)}
     out: list = [None] * len(refs)
@@ -435,8 +441,9 @@ def wait_all(refs: list, timeout_s: float, what: str) -> list:
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
+            which = f": {', '.join(names[index[r]] for r in pending)}" if names else ""
             raise TimeoutError(f"{what}: {len(pending)} of {len(refs)} calls unfinished after {timeout_s:.0f}s "
-                               f"(ray.get_timeout_s)")
+                               f"(ray.get_timeout_s){which}")
         for r in ready:
             try:
                 out[index[r]] = ray.get(r, timeout=max(1.0, deadline - time.monotonic()))

@@ -186,6 +186,28 @@ def test_driver_late_request_is_not_blocked_when_streaming(engine):
     assert _late_request_run(engine)[-1] == "late"       # hf batches: waits for the running call, then runs alone
 
 
+def test_driver_fails_requests_the_engine_lost_instead_of_hanging(engine):
+    """If the engine no longer holds requests the driver has in flight (lost: e.g. a request-id mix-up), their
+    callers get an error and a weight update filed behind them still runs, instead of both waiting forever."""
+    st = HFEngine(None, model=engine.model, tokenizer=engine.tokenizer, streaming=True)
+
+    async def run():
+        d = EngineDriver(lambda: st, max_in_flight=8, batch_wait_s=0.0, name="t")
+        reqs = [asyncio.ensure_future(d.generate(PROMPTS[i], SamplingParams(max_new_tokens=200, seed=i)))
+                for i in range(2)]
+        while d.stats.admitted < 2:
+            await asyncio.sleep(0.005)
+        st._live.clear()                              # the engine forgets them behind the driver's back
+        results = await asyncio.wait_for(asyncio.gather(*reqs, return_exceptions=True), 30)
+        update = await asyncio.wait_for(d.call(lambda: "loaded"), 30)
+        d.close()
+        return results, update, d.stats.failed_requests
+
+    results, update, failed = asyncio.run(run())
+    assert all(isinstance(r, RuntimeError) and "lost by the engine" in str(r) for r in results), results
+    assert update == "loaded" and failed == 2
+
+
 def test_driver_drains_before_a_weight_update(cfg, engine):
     """Requests in flight when an update is filed finish under the old weights and say so; later ones use the new."""
     from engines.models import load_model
@@ -372,3 +394,17 @@ def test_vllm_request_handles_map_to_external_ids():
     assert _external_id("a-b-12345678") == "a-b"
     assert _external_id("42") == "42"                 # VLLM_DISABLE_REQUEST_ID_RANDOMIZATION
     assert _external_id("req-short") == "req-short"    # not vLLM's suffix: left alone
+
+
+def test_a_model_directory_without_tokenizer_files_has_no_tokenizer(tmp_path):
+    """transformers turns a directory with only config.json into an empty tokenizer whose eos is id 0; the vllm
+    engine added that id to its stop tokens, so a random model stopped on token 0 ("stop" with a non-EOS last
+    token on GPU). load_tokenizer refuses it; the vllm engine then runs on token ids alone, eos from the config."""
+    from transformers import Qwen2Config
+
+    from engines.models import ModelLoadError, load_tokenizer
+    Qwen2Config(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, bos_token_id=1, eos_token_id=2).save_pretrained(str(tmp_path))
+    cfg = load_config(overrides=[f"model.name_or_path={tmp_path}"])
+    with pytest.raises(ModelLoadError, match="no vocabulary files"):
+        load_tokenizer(cfg.model)

@@ -217,6 +217,10 @@ def test_wait_all_fails_fast_and_names_the_step(ray_local):
     assert time.monotonic() - t0 < 10, "did not fail fast"
     with pytest.raises(TimeoutError, match="1 of 2 calls unfinished"):
         wait_all([slow.remote(0), slow.remote(20)], 2, "group set-up")
+    # with names, the timeout says which are still running (e.g. a learner rank stuck in a weight export)
+    with pytest.raises(TimeoutError, match=r"weight sync \(version 1\): 1 of 3 .*: learner rank 1 export$"):
+        wait_all([slow.remote(0), slow.remote(20), slow.remote(0)], 2, "weight sync (version 1)",
+                 ["rollout-0 load", "learner rank 1 export", "learner rank 2 export"])
 
 
 def test_learner_metadata_over_ray_and_a_cpu_learner_refuses_nccl(ray_local):
