@@ -402,7 +402,9 @@ def sync_weights(cfg, learner, workers: list, version: int, timeout_s: float) ->
         meta = learner.weight_transfer_metadata()
         recv = [w.receive_weights.remote(meta, version) for w in workers]
         send = learner.async_send_weights(meta)
-        wait_all(recv + send, timeout_s, f"NCCL weight sync (version {version})")
+        wait_all(recv + send, timeout_s, f"NCCL weight sync (version {version})",
+                 [f"rollout-{i} receive" for i in range(len(recv))] + [f"learner rank {r} send"
+                                                                         for r in range(len(send))])
         return
     # every rank's export is waited for, not only rank 0's (whose result the workers load): under ZeRO-3 the ranks
     # gather together, and a rank still stuck in an export would otherwise only show up later, as a hung update
@@ -423,7 +425,9 @@ def init_nccl_weight_sync(cfg, learner, workers: list, timeout_s: float) -> dict
     refs = learner.async_init_weight_transfer(addr, port, world)
     refs += [w.init_weight_transfer.remote(addr, port, off, world) for w, off in zip(workers, offsets)]
     t0 = time.time()
-    wait_all(refs, timeout_s, f"NCCL weight-transfer group ({world} members at {addr}:{port})")
+    n_learner = len(refs) - len(workers)
+    wait_all(refs, timeout_s, f"NCCL weight-transfer group ({world} members at {addr}:{port})",
+             [f"learner rank {r}" for r in range(n_learner)] + [f"rollout-{i}" for i in range(len(workers))])
     meta = learner.weight_transfer_metadata()
     print(f"[weight sync] NCCL group of {world} ready in {time.time() - t0:.1f}s ({len(meta['names'])} tensors per "
           f"sync)", flush=True)
