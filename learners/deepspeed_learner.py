@@ -28,8 +28,7 @@ from typing import Optional
 import torch
 
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers, decoder_layers,
-                           gather_state_dict,
-                           enable_activation_checkpointing, lr_factor, model_inputs)
+                           enable_activation_checkpointing, gather_state_dict, lr_factor, model_inputs)
 from learners.fused_kernels import apply_fused_kernels
 from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
 

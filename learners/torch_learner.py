@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers,
-                           enable_activation_checkpointing, lr_factor, model_inputs)
+                           enable_activation_checkpointing, gather_state_dict, lr_factor, model_inputs)
 from learners.fused_kernels import apply_fused_kernels
 
 
@@ -109,9 +109,9 @@ class TorchLearner(LearnerBackend):
     # weights and checkpoints -------------------------------------------------------------------------------
     @torch.no_grad()
     def state_dict_cpu(self) -> dict[str, torch.Tensor]:
-        """Full weights as CPU tensors in the engine's dtype (model.dtype)."""
-        return {k: v.detach().to("cpu", dtype=self.export_dtype if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in self.model.state_dict().items()}
+        """Full weights as CPU tensors in the engine's dtype (model.dtype); a tied weight is one tensor under both
+        names."""
+        return gather_state_dict(self.model, 0, None, self.export_dtype)
 
     def save(self, directory: str) -> str:
         """Weights, optimizer, scheduler, step counter and RNG states into `directory`/learner.pt (atomic rename)."""
