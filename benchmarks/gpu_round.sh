@@ -16,13 +16,16 @@
 #   part 10 (same carry as part 7):    pipeline k8c (8 GPUs); then c2 (GPUs 0,1) | d_a_lag1 (GPUs 2,3)
 #                                      [k8c did not start: pipeline_gpu.py then defaulted to GPUs 0-3; fixed]
 #   part 11 (carry the activate.sh files, .benchextra/tokenizer .benchextra/bin): k8c on all 8 GPUs
+# Round on one 2 x H200 node (32 cores), each case alone on the node:
+#   part 12 (carry .kit .benchextra):  build-cache warm-up | CUDA adversarial sweep (GPU 1)
+#   part 13 (same carry as part 7):    pipeline c2, then d_a_lag1
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-11}
+part=${1:?part 1-13}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -122,6 +125,17 @@ case $part in
   timeout 400 python3 benchmarks/pipeline_gpu.py --no-prewarm --cases k8c --steps 2 --case-timeout-s 390 \
     --out "$OUT/k8" > "$OUT/k8.log" 2>&1
   tar czf "$FINAL/part11.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+12)
+  (CUDA_VISIBLE_DEVICES=1 OUT=$OUT/adv timeout 400 python3 benchmarks/adversarial_sweep.py --backend cuda \
+     --compile-jobs 8 --cache-dir /tmp/adv_builds > "$OUT/adv.log" 2>&1) &
+  (timeout 400 python3 benchmarks/pipeline_gpu.py --prewarm-only --out "$OUT/prewarm" > "$OUT/prewarm.log" 2>&1) &
+  wait
+  tar czf "$FINAL/part12.tgz" -C "$OUT" . ;;
+13)
+  P="python3 benchmarks/pipeline_gpu.py --no-prewarm"
+  timeout 325 $P --cases c2 --steps 2 --case-timeout-s 320 --out "$OUT/c2" > "$OUT/c2.log" 2>&1
+  timeout 255 $P --cases d_a_lag1 --steps 3 --case-timeout-s 250 --out "$OUT/lag" > "$OUT/lag.log" 2>&1
+  tar czf "$FINAL/part13.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log
