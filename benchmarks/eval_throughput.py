@@ -9,8 +9,10 @@ or another block size (new C++).
 
 - ours: compile workers (threads; --compile-workers x --compile-jobs = the cores, default one job per worker, one
   worker per core: no oversubscription) into a content-hash build cache (fresh, cold at start) with the host-object
-  cache (--no-object-cache to turn off) and the precompiled header for the host .cpp (--no-pch), pre-spawned sandbox
-  processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU runs.
+  cache (--no-object-cache to turn off), the precompiled header for the host .cpp (--no-pch), light CUDA headers
+  (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), pre-spawned
+  sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU
+  runs.
 - baseline (KernelBench style, independent of our protocol): per candidate a fresh `python` process that calls
   load_inline itself into a fresh TORCH_EXTENSIONS_DIR (no cache, no precompiled header), 16 processes at a time;
   each checks correctness on seeded get_inputs() (torch.allclose, atol = rtol = 1e-2) and times reference and kernel
@@ -142,7 +144,8 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
     from kernel_eval.evaluate import _finish, run_candidate
     from kernel_eval.result import EvalResult
     gpu_lock = threading.Lock()
-    acc = {"compile_cpu_s": 0.0, "compile_wall_s": 0.0, "startup_s": 0.0, "gpu_s": 0.0}
+    acc = {"compile_cpu_s": 0.0, "compile_wall_s": 0.0, "startup_s": 0.0, "gpu_s": 0.0, "light_builds": 0,
+           "light_fallbacks": 0}
     acc_lock = threading.Lock()
 
     def one(item):
@@ -153,6 +156,8 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
             with acc_lock:
                 acc["compile_cpu_s"] += b.cpu_s
                 acc["compile_wall_s"] += b.compile_s
+                acc["light_builds"] += b.light_builds
+                acc["light_fallbacks"] += b.light_fallbacks
             if not b.ok:
                 res.reason = b.reason
                 return _finish(res, b.log[-2000:])
@@ -332,6 +337,8 @@ def main() -> int:
                     help="ours: concurrent compiles; 0: cores // compile-jobs (no oversubscription)")
     ap.add_argument("--no-pch", action="store_true", help="ours: no precompiled header for the host .cpp")
     ap.add_argument("--no-object-cache", action="store_true", help="ours: no host-object cache")
+    ap.add_argument("--no-light", action="store_true", help="ours: compile each .cu with its own torch headers "
+                                                            "(evaluator.light_cuda_headers=false)")
     ap.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_one:
@@ -349,7 +356,8 @@ def main() -> int:
     cfg = EvaluatorConfig(backend=args.backend, gpus_per_runner=1 if args.backend == "cuda" else 0,
                           cache_dir=os.path.join(work, "ours-cache"), compile_jobs=max(1, args.compile_jobs),
                           run_timeout_s=60, compile_timeout_s=150, warm_sandboxes=2, work_dir=work,
-                          precompiled_header=not args.no_pch, host_object_cache=not args.no_object_cache)
+                          precompiled_header=not args.no_pch, host_object_cache=not args.no_object_cache,
+                          light_cuda_headers=not args.no_light)
     # the header is built by the first compile that needs it; the others do not wait for it
     workers = args.compile_workers or max(1, (os.cpu_count() or 2) // cfg.compile_jobs)
     trials = {"correctness_trials": cfg.correctness_trials, "timing_warmup": cfg.timing_warmup,
@@ -357,7 +365,8 @@ def main() -> int:
     cands = build_candidates(args.candidates, args.size_profile, args.backend)
     print(f"{len(cands)} candidates ({len({c for _, _, c in cands})} distinct sources), {os.cpu_count()} cores; "
           f"ours: {workers} compile workers x {cfg.compile_jobs} jobs, pch={cfg.precompiled_header}, "
-          f"object cache={cfg.host_object_cache}, arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
+          f"object cache={cfg.host_object_cache}, light headers={cfg.light_cuda_headers}, "
+          f"arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
     for label in ("ours", "baseline"):
@@ -388,6 +397,7 @@ def main() -> int:
     summary = {"candidates": len(cands), "compared": len(both), "verdicts_identical": not differ,
                "cores": os.cpu_count(), "compile_workers": workers, "compile_jobs": cfg.compile_jobs,
                "precompiled_header": cfg.precompiled_header, "host_object_cache": cfg.host_object_cache,
+               "light_cuda_headers": cfg.light_cuda_headers,
                "verdicts_differ": differ, "throughput_ratio": ratio, "size_profile": args.size_profile, **rows}
     with open(os.path.join(out_dir, "eval_throughput.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
@@ -399,6 +409,8 @@ def main() -> int:
                      f"{r['kernels_per_minute']:.1f} | {r['speedup_vs_baseline']:.2f}x | {r['wall_s']:.0f} | "
                      f"{r['compile_cpu_s']:.0f} | {r['compile_cpu_s_per_candidate']:.1f} | {r['compile_wall_s']:.0f} | "
                      f"{r['startup_s']:.1f} | {r['gpu_s']:.1f} | {r['correct']} |")
+    table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers, "
+                 f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers")
     table.append(f"\nthroughput ratio {ratio:.2f}x; verdicts identical on {len(both)} candidates: {not differ}"
                  + (f" (differ: {', '.join(differ)})" if differ else ""))
     with open(os.path.join(out_dir, "eval_throughput.md"), "w") as fh:

@@ -19,13 +19,17 @@
 # Round on one 2 x H200 node (32 cores), each case alone on the node:
 #   part 12 (carry .kit .benchextra):  build-cache warm-up | CUDA adversarial sweep (GPU 1)
 #   part 13 (same carry as part 7):    pipeline c2, then d_a_lag1
+# Round on one H200 (16 cores):
+#   part 15 (carry .kit .benchextra):  light-header GPU test, then evaluator throughput (light headers on)
+#   part 16 (same carry as part 7):    rollout throughput, raw vLLM vs the vllm engine in a RolloutWorker
+#   part 17 (carry the activate.sh files, .benchextra/tokenizer): vLLM engine + weight-transfer GPU tests
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-13}
+part=${1:?part 1-17}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -136,6 +140,18 @@ case $part in
   timeout 325 $P --cases c2 --steps 2 --case-timeout-s 320 --out "$OUT/c2" > "$OUT/c2.log" 2>&1
   timeout 255 $P --cases d_a_lag1 --steps 3 --case-timeout-s 250 --out "$OUT/lag" > "$OUT/lag.log" 2>&1
   tar czf "$FINAL/part13.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
+15)
+  timeout 200 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
+  OUT=$OUT/eval timeout 470 python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s 430 > "$OUT/eval.log" 2>&1
+  tar czf "$FINAL/part15.tgz" -C "$OUT" . ;;
+16)
+  OUT=$OUT/rollout timeout 570 python3 benchmarks/rollout_throughput.py --part vllm > "$OUT/rollout.log" 2>&1
+  tar czf "$FINAL/part16.tgz" -C "$OUT" . ;;
+17)
+  timeout 560 python3 -m pytest -q -m gpu tests/test_engines.py tests/test_weight_transfer_gpu.py -rA \
+    > "$OUT/engine_tests.log" 2>&1
+  tar czf "$FINAL/part17.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -21,6 +21,13 @@ Cheaper builds, each still one extension per candidate compiled from the candida
   its .cu is compiled (ninja for the remaining objects, then the link command ninja would run). New objects are
   published by the parent, after the compile process ended, only if their sha256 still matches what the patched
   load_inline reported right after building them.
+- Light CUDA headers (evaluator.light_cuda_headers, default on): a candidate's .cu is first compiled against a
+  light prelude (ATen's Tensor, operators and dispatch macros, the ATen/ops header of every operator it calls,
+  torch:: names as torch/types.h defines them) instead of torch/extension.h + torch/types.h: ~25-30 instead of ~110
+  nvcc CPU-s per .cu. Sources using Python bindings, autograd, nn, jit or requires_grad skip it; a light build that
+  fails is rebuilt with the candidate's own headers, whose log is what the candidate sees. Why the program is the
+  same: see "light CUDA headers" below. `python benchmarks/light_headers_check.py` compiles every built-in solution
+  both ways.
 - CUDA arch: the compile sandbox gets TORCH_CUDA_ARCH_LIST (evaluator.cuda_arch_list, else the environment, else
   the node's GPUs from nvidia-smi, as torch would pick them), so no compile process initializes CUDA, a compile node
   without a GPU can build, and the arch list is part of the extension key (the run computes the same key).
@@ -29,7 +36,8 @@ Where CUDA build time goes (one KernelBench-style relu .cu, nvcc 13.0 -O3 sm_90,
 `nvcc --time`): cudafe++ 28 s, cicc 26 s, host g++ of the cudafe output 24 s, preprocessing 4 s, ptxas < 0.1 s:
 the torch headers are parsed three times, and torch/types.h instead of torch/extension.h saves nothing (ATen is
 the bulk). None of these passes can use a precompiled header (EDG front ends; the host pass compiles already
-preprocessed output), so the .cu is compiled in full for every distinct candidate. The host main.cpp: 22 s plain,
+preprocessed output), so what helps is parsing less: the light prelude (ATen/core/Tensor.h parses in 2 s where
+torch/extension.h takes 25 s, g++ -fsyntax-only). The host main.cpp: 22 s plain,
 ~10 s with the header, 0 s from the object cache. C++ builds (one trivial load_inline): 28 s plain, 13 s with the
 header; cache hit: 0 s (no compile process).
 
@@ -144,6 +152,75 @@ def _pch_include(cpp_ext: Any, bound: dict, cache_dir: str, log: Callable[[str],
     return header
 
 
+# ------------------------------------------------------------------------------------------------ light CUDA headers
+# A KernelBench-style .cu includes torch/extension.h (load_inline adds torch/types.h): all of ATen's operator
+# declarations, autograd, pybind11 and Python, parsed by cudafe++, cicc and the host g++ in turn (~110 CPU-s per .cu
+# with nvcc 13 on the 2-core box); the kernels and their host wrapper need a small part of it. A light build
+# replaces those includes with LIGHT_PRELUDE + the ATen/ops header of every operator name the source calls (~25 CPU-s
+# for the same .cu). Why the result is the same program: `torch::` names resolve through `using namespace at` (as
+# torch/types.h does) to the same ATen declarations -- Tensor and its methods (ATen/core/Tensor.h), operators
+# (ATen/TensorOperators.h), dispatch macros, and for each called name X every overload of at::X (ATen/ops/X.h), so
+# overload resolution sees what the full headers give it for that name. The full headers add torch:: factory
+# wrappers (torch::empty etc. -> autograd variables) that differ from at:: only in requires_grad, plus Python
+# bindings, nn, jit, optim: sources that mention those are not built light (_LIGHT_SKIP). A name the prelude lacks
+# fails the light build, and the candidate is then built with its own headers (its log is the one reported).
+_HEAVY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](?:torch/(?:extension|torch|all|types)\.h|ATen/ATen\.h)'
+                            r'[>"][^\n]*$', re.M)
+_LIGHT_SKIP = re.compile(r'py::|pybind|PYBIND11|Python\.h|requires_grad|'
+                         r'\btorch\s*::\s*(?:nn|autograd|jit|optim|data|serialize)\b|\btorch\s*::\s*tensor\s*\(')
+_CALLED = re.compile(r'\b([A-Za-z_]\w*)\s*\(')
+_QUALIFIED = re.compile(r'\b(?:torch|at)\s*::\s*([A-Za-z_]\w*)')
+_DTYPES = ("kUInt8 = at::kByte", "kInt8 = at::kChar", "kInt16 = at::kShort", "kInt32 = at::kInt",
+           "kInt64 = at::kLong", "kUInt16 = at::kUInt16", "kUInt32 = at::kUInt32", "kUInt64 = at::kUInt64",
+           "kFloat16 = at::kHalf", "kFloat32 = at::kFloat", "kFloat64 = at::kDouble", "kU8 = kUInt8",
+           "kU16 = kUInt16", "kU32 = kUInt32", "kU64 = kUInt64", "kI8 = kInt8", "kI16 = kInt16", "kI32 = kInt32",
+           "kI64 = kInt64", "kF16 = kFloat16", "kF32 = kFloat32", "kF64 = kFloat64")
+LIGHT_PRELUDE = "\n".join([
+    "// light prelude (kernel_eval.build): in place of torch/extension.h and torch/types.h",
+    "#include <cuda.h>", "#include <cuda_runtime.h>", "#include <ATen/core/Tensor.h>",
+    "#include <ATen/TensorOperators.h>", "#include <ATen/Dispatch.h>", "#include <optional>", "{ops}",
+    "namespace torch {", "using namespace at; // NOLINT", "using std::nullopt; using std::optional;",
+    "using Dtype = at::ScalarType;"] + [f"constexpr auto {d};" for d in _DTYPES] + ["}  // namespace torch", ""])
+
+
+@functools.lru_cache(maxsize=1)
+def _ops_dirs() -> tuple:
+    import torch.utils.cpp_extension as cpp_ext
+    return tuple(os.path.join(d, "ATen", "ops") for d in cpp_ext.include_paths()
+                 if os.path.isdir(os.path.join(d, "ATen", "ops")))
+
+
+def light_cuda_sources(cuda_sources: list, ops_dirs: Optional[tuple] = None) -> Optional[list]:
+    """The cuda sources of a light build (see above), or None when the source must be built with its own headers.
+    Included torch/ATen umbrella headers become empty lines (line numbers kept); the prelude comes first."""
+    text = "\n".join(cuda_sources)
+    if _LIGHT_SKIP.search(text):
+        return None
+    dirs = _ops_dirs() if ops_dirs is None else ops_dirs
+    names = sorted(set(_CALLED.findall(text)) | set(_QUALIFIED.findall(text)))
+    ops = [n for n in names if any(os.path.isfile(os.path.join(d, n + ".h")) for d in dirs)]
+    prelude = LIGHT_PRELUDE.replace("{ops}", "\n".join(f"#include <ATen/ops/{n}.h>" for n in ops))
+    return [prelude] + [_HEAVY_INCLUDE.sub("", src) for src in cuda_sources]
+
+
+def _as_list(v: Any) -> list:
+    return [v] if isinstance(v, str) else list(v or [])
+
+
+def light_call(call: dict) -> Optional[dict]:
+    """load_inline arguments of the light build of `call`, or None (not a CUDA build, the candidate controls its
+    implicit headers itself, or the pre-filter). main.cpp is byte-identical to the normal build's (load_inline puts
+    the same include in front of cpp_sources), so the precompiled header and the host-object cache still apply."""
+    cuda = _as_list(call.get("cuda_sources"))
+    if not cuda or call.get("no_implicit_headers"):
+        return None
+    light = light_cuda_sources(cuda)
+    if light is None:
+        return None
+    return dict(call, no_implicit_headers=True, cuda_sources=light,
+                cpp_sources=["#include <torch/extension.h>"] + _as_list(call.get("cpp_sources")))
+
+
 def _ninja_edges(build_dir: str) -> Optional[list]:
     """[(output, rule, [inputs])] of the build.ninja torch wrote, or None when it has a shape we do not handle."""
     edges = []
@@ -256,7 +333,7 @@ def cpp_ext_workers(verbose: bool) -> Optional[int]:
 
 
 def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Callable[[dict], None],
-                      object_cache: bool = False) -> None:
+                      object_cache: bool = False, light_headers: bool = False) -> None:
     """Make load_inline build-only (see module docstring). `report` receives one dict per call (and one per newly
     built host object when `object_cache`)."""
     import torch
@@ -288,17 +365,31 @@ def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Calla
         if object_cache:
             cpp_ext._run_ninja_build = _make_ninja_runner(real_ninja, cache_dir, report, logs.append)
         t0 = time.monotonic()
+        light = light_call(call) if light_headers else None
+        used_light = fallback = False
         try:
-            orig(**call)
+            if light is not None:
+                try:
+                    orig(**light)
+                    used_light = True
+                except Exception as e:             # e.g. a name only the full headers declare: build as written
+                    fallback = True
+                    first = str(e).strip().splitlines()
+                    logs.append("light headers failed after %.1fs, building with the candidate's own headers (%s)"
+                                % (time.monotonic() - t0, first[-1][:200] if first else type(e).__name__))
+            if not used_light:
+                orig(**call)
         except Exception as e:
-            report({"type": "compile_error", "key": key, "log": "\n".join(logs + [str(e)])[-20000:]})
+            report({"type": "compile_error", "key": key, "log": "\n".join(logs + [str(e)])[-20000:],
+                    "light_fallback": fallback})
             raise
         finally:
             cpp_ext._import_module_from_library, cpp_ext._run_ninja_build = real_import, real_ninja
         sos = [f for f in os.listdir(build_dir) if f.endswith(".so")]
         report({"type": "built", "key": key, "cached": False, "so": sos[0] if sos else None,
                 "sha256": _sha256_file(os.path.join(build_dir, sos[0])) if sos else None,
-                "seconds": time.monotonic() - t0, "log": "\n".join(logs)})
+                "seconds": time.monotonic() - t0, "log": "\n".join(logs), "light": used_light,
+                "light_fallback": fallback})
         return _Stub()
 
     cpp_ext.load_inline = load_inline
@@ -339,6 +430,8 @@ class BuildResult:
     cache_hit: bool = False                   # no compile process was needed
     cpu_s: float = 0.0                        # CPU seconds of the compile process and its compilers
     objects_published: int = 0                # new host objects added to the host-object cache
+    light_builds: int = 0                     # extensions built with the light CUDA prelude
+    light_fallbacks: int = 0                  # light builds that failed and were rebuilt with the full headers
 
 
 def _atomic_publish(src: str, final: str, sha256: Optional[str], stage_dir: str) -> bool:
@@ -466,14 +559,17 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
     t0 = time.monotonic()
     out = sb.run("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
                              "use_pch": cfg.precompiled_header,
-                             "object_cache": bool(getattr(cfg, "host_object_cache", False))}, keep_workdir=True)
+                             "object_cache": bool(getattr(cfg, "host_object_cache", False)),
+                             "light_headers": bool(getattr(cfg, "light_cuda_headers", False))}, keep_workdir=True)
     secs = time.monotonic() - t0
     cpu = out.cpu_s or 0.0
     try:
         published = _publish_objects(out, out_dir, cache_dir)
+        fallbacks = sum(1 for h, _ in out.frames if h.get("light_fallback"))
         err = out.last("compile_error")
         if err is not None:
-            return BuildResult(ok=False, reason="compile_error", log=err.get("log", ""), compile_s=secs, cpu_s=cpu)
+            return BuildResult(ok=False, reason="compile_error", log=err.get("log", ""), compile_s=secs, cpu_s=cpu,
+                               light_fallbacks=fallbacks)
         if out.timed_out:
             return BuildResult(ok=False, reason="compile_timeout", compile_s=secs, cpu_s=cpu,
                                log=f"compilation did not finish within {cfg.compile_timeout_s:.0f}s")
@@ -500,7 +596,8 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
             os.replace(tmp, os.path.join(cache_dir, "sources", skey + ".json"))
         logs = [h.get("log") for h, _ in out.frames if h.get("type") == "built" and h.get("log")]
         return BuildResult(ok=True, keys=keys, compile_s=secs, cpu_s=cpu, objects_published=published,
-                           log="\n".join(logs))
+                           log="\n".join(logs), light_fallbacks=fallbacks,
+                           light_builds=sum(1 for h, _ in out.frames if h.get("type") == "built" and h.get("light")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

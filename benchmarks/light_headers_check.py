@@ -1,0 +1,156 @@
+"""Does every CUDA source compile against the evaluator's light prelude, and what does it save? (no Ray, no GPU)
+
+For each built-in CUDA solution (kernel_eval/builtin/*/solution_cuda.py), the KernelBench-style candidates that
+benchmarks/eval_throughput.py generates, and a few extra probes: the object compile of its .cu (`nvcc -c`, the
+flags torch's extension build uses: -O3 as the candidates ask, sm_90 by default) with the light prelude of
+`kernel_eval.build.light_cuda_sources`, and (for the first --full sources, or all with --full -1) with the headers
+load_inline would use. CPU seconds are the compiler processes' user+sys (os.wait4). A source that does not
+compile light is what the evaluator would then rebuild with its own headers (a fallback costs the light attempt).
+
+    python benchmarks/light_headers_check.py --jobs 16                  # GPU machine (torch is a CUDA build)
+    python benchmarks/light_headers_check.py --jobs 2 --extra-include DIR   # elsewhere: DIR has the CUDA headers
+                                                                            # the CPU torch wheel lacks (cuBLAS etc.)
+Writes $OUT/light_headers_check.{json,md} (OUT defaults to ./bench_out) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# Host-side constructs the prelude must carry (a probe, not a kernel anyone evaluates).
+PROBE = r"""
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+template <typename T> __global__ void axpy(const T* x, T* y, T a, int64_t n) {
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a * x[i] + y[i];
+}
+torch::Tensor probe(torch::Tensor x, torch::Tensor w) {
+    TORCH_CHECK(x.is_cuda(), "x must be CUDA");
+    const c10::cuda::CUDAGuard guard(x.device());
+    auto y = torch::zeros_like(x) + torch::ones({x.size(0), x.size(1)}, x.options());
+    auto z = torch::empty({x.numel()}, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA));
+    auto m = torch::matmul(x, w.t()).view({-1}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "axpy", [&] {
+        axpy<scalar_t><<<(unsigned)((x.numel() + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), (scalar_t)2, x.numel());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return torch::cat({y.view({-1}), z, m}).to(torch::kFloat32).sum(0, true);
+}
+"""
+
+
+def sources() -> list:
+    """[(label, cuda source text)]."""
+    from kernel_eval.tasks import builtin_solution
+    out = []
+    for d in sorted(os.listdir(os.path.join(ROOT, "kernel_eval", "builtin"))):
+        f = os.path.join(ROOT, "kernel_eval", "builtin", d, "solution_cuda.py")
+        if os.path.isfile(f):
+            out.append((f"builtin/{d}", builtin_solution(f"builtin/{d}", "cuda")))
+    from benchmarks.eval_throughput import KB_ACTIVATIONS, KB_KERNEL     # the KernelBench-style activation kernel
+    stem, expr = next(iter(KB_ACTIVATIONS.items()))
+    out.append((f"level1/{stem} (eval_throughput)", KB_KERNEL.replace("@EXPR@", expr).replace("@NAME@", "kb")))
+    texts = []
+    for label, code in out:
+        m = re.search(r'(?:cuda_source|CUDA_SRC)\s*=\s*r?"""(.*?)"""', code, re.S)
+        if m:
+            texts.append((label, m.group(1)))
+    texts.append(("probe", PROBE))
+    return texts
+
+
+def nvcc_cmd(src: str, obj: str, extra: list) -> list:
+    import torch.utils.cpp_extension as cpp_ext
+    inc = [f"-I{d}" for d in extra + cpp_ext.include_paths() + [sysconfig.get_paths()["include"]]]
+    arch = os.environ.get("LIGHT_CHECK_GENCODE", "arch=compute_90,code=sm_90")
+    return (["nvcc", "-c", src, "-o", obj, "-DTORCH_EXTENSION_NAME=light_check", "-DTORCH_API_INCLUDE_EXTENSION_H",
+             "-D_GLIBCXX_USE_CXX11_ABI=1"] + inc + cpp_ext.COMMON_NVCC_FLAGS +
+            [f"-gencode={arch}", "--compiler-options", "'-fPIC'", "-O3", "-std=c++20", "-w"])
+
+
+def compile_one(text: str, extra: list) -> dict:
+    with tempfile.TemporaryDirectory(prefix="lightchk-") as d:
+        src, obj = os.path.join(d, "cuda.cu"), os.path.join(d, "cuda.o")
+        with open(src, "w") as fh:
+            fh.write(text)
+        t0 = time.monotonic()
+        p = subprocess.Popen(nvcc_cmd(src, obj, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        return {"ok": p.returncode == 0, "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+                "wall_s": round(time.monotonic() - t0, 1), "log": "" if p.returncode == 0 else out[-1500:]}
+
+
+def main() -> int:
+    from kernel_eval.build import light_cuda_sources
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
+    ap.add_argument("--full", type=int, default=3, help="also compile the first N sources with the full headers "
+                                                        "(-1: all)")
+    ap.add_argument("--extra-include", action="append", default=[], help="extra include directory (repeatable)")
+    ap.add_argument("--only", nargs="*", help="labels to check (default: all)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    args = ap.parse_args()
+    srcs = [s for s in sources() if not args.only or s[0] in args.only]
+    jobs = []
+    for i, (label, text) in enumerate(srcs):
+        light = light_cuda_sources([text])
+        jobs.append((label, "light", "\n".join(light) if light else None))
+        if args.full < 0 or i < args.full:
+            full = "#include <torch/types.h>\n#include <cuda.h>\n#include <cuda_runtime.h>\n" + text
+            jobs.append((label, "full", full))
+    rows: dict = {label: {"label": label} for label, _ in srcs}
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(args.jobs) as ex:
+        futs = {ex.submit(compile_one, text, args.extra_include): (label, kind)
+                for label, kind, text in jobs if text is not None}
+        for label, kind, text in jobs:
+            if text is None:
+                rows[label][kind] = {"ok": False, "skipped": "pre-filter: built with its own headers"}
+        for f in cf.as_completed(futs):
+            label, kind = futs[f]
+            rows[label][kind] = f.result()
+            r = rows[label][kind]
+            print(f"{label:28s} {kind:5s} {'ok' if r['ok'] else 'FAILED'} {r.get('cpu_s', '-')} CPU-s", flush=True)
+    total = round(time.monotonic() - t0, 1)
+    ok = [r for r in rows.values() if r.get("light", {}).get("ok")]
+    both = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("full", {}).get("ok")]
+    summary = {"sources": len(rows), "light_ok": len(ok), "wall_s": total,
+               "light_cpu_s_mean": round(sum(r["light"]["cpu_s"] for r in ok) / max(1, len(ok)), 1),
+               "full_vs_light_cpu_ratio": round(sum(r["full"]["cpu_s"] for r in both) /
+                                                max(1e-9, sum(r["light"]["cpu_s"] for r in both)), 2) if both else None}
+    lines = ["| source | light | light CPU-s | full CPU-s |", "|---|---|---|---|"]
+    for r in rows.values():
+        li, fu = r.get("light", {}), r.get("full", {})
+        lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | "
+                     f"{fu.get('cpu_s', '-') if fu.get('ok') else ('-' if not fu else 'FAILED')} |")
+    lines.append(f"\n{summary}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "light_headers_check.json"), "w") as fh:
+        json.dump({"summary": summary, "rows": list(rows.values())}, fh, indent=1)
+    with open(os.path.join(args.out, "light_headers_check.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    for r in rows.values():
+        if r.get("light", {}).get("log"):
+            print(f"--- {r['label']} (light) ---\n{r['light']['log']}")
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Light CUDA headers (kernel_eval.build): the rewrite of a candidate's .cu (umbrella includes blanked, line numbers
+kept, the ATen/ops header of every called operator in the prelude), the pre-filter that sends sources the prelude
+would change to their own headers, main.cpp identical to the normal build's (so the precompiled header and the
+host-object cache still apply), and the control flow of a build: light first, the candidate's own headers after a
+failed light build, whose log is the one reported. On a GPU (-m gpu): a built-in solution compiled light is accepted,
+and a source needing a header the prelude lacks falls back and is accepted.
+
+    python -m pytest tests/test_light_headers.py -q            # CPU part, a few seconds
+    python -m pytest tests/test_light_headers.py -q -m gpu     # GPU part (two CUDA builds)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from kernel_eval import build
+
+SRC = r"""#include <torch/extension.h>
+#include "ATen/ATen.h"
+  #  include <torch/types.h>   // spaced
+#include <ATen/cuda/CUDAContext.h>
+__global__ void my_kernel(const float* x, float* y, int n) { int i = threadIdx.x; if (i < n) y[i] = x[i]; }
+torch::Tensor f(torch::Tensor x) {
+    auto y = torch::empty_like(x);
+    auto z = at::zeros({4}, x.options());
+    auto s = softmax(x, 0);
+    my_kernel<<<1, 32>>>(x.data_ptr<float>(), y.data_ptr<float>(), 32);
+    return y + z + s;
+}
+"""
+
+
+def _ops(prelude: str) -> set:
+    return {ln.split("ATen/ops/")[1][:-3] for ln in prelude.splitlines() if "ATen/ops/" in ln}
+
+
+def test_rewrite_blanks_umbrella_includes_keeps_lines_and_adds_called_ops():
+    prelude, body = build.light_cuda_sources([SRC])
+    assert body.count("\n") == SRC.count("\n")                     # compiler line numbers unchanged
+    assert "torch/extension.h" not in body and "ATen/ATen.h" not in body and "torch/types.h" not in body
+    assert "#include <ATen/cuda/CUDAContext.h>" in body            # other includes stay as written
+    assert body.splitlines()[4:] == SRC.splitlines()[4:]
+    ops = _ops(prelude)
+    assert {"empty_like", "zeros", "softmax"} <= ops
+    assert "my_kernel" not in ops and "f" not in ops               # names without an ATen/ops header
+    assert "#include <ATen/core/Tensor.h>" in prelude and "using namespace at;" in prelude
+    assert "constexpr auto kFloat32 = at::kFloat;" in prelude
+
+
+@pytest.mark.parametrize("snippet", [
+    "py::array_t<float> a;", "#include <pybind11/numpy.h>", "PYBIND11_MODULE(x, m) {}", "#include <Python.h>",
+    "torch::nn::functional::relu(x);", "torch::autograd::grad({y}, {x});", "torch::jit::load(p);",
+    "torch::optim::SGD o;", "torch::data::Example<> e;", "torch::serialize::OutputArchive a;",
+    "x.requires_grad_(true);", "auto t = torch::tensor({1, 2});"])
+def test_sources_whose_meaning_the_prelude_would_change_use_their_own_headers(snippet):
+    assert build.light_cuda_sources([SRC + snippet + "\n"]) is None
+    assert build.light_call({"cuda_sources": SRC + snippet, "cpp_sources": "int f();"}) is None
+
+
+def test_only_cuda_builds_that_keep_implicit_headers_are_built_light():
+    assert build.light_call({"cuda_sources": None, "cpp_sources": "int f();"}) is None
+    assert build.light_call({"cuda_sources": SRC, "cpp_sources": "", "no_implicit_headers": True}) is None
+    light = build.light_call({"cuda_sources": [SRC], "cpp_sources": "torch::Tensor f(torch::Tensor x);"})
+    assert light["no_implicit_headers"] is True and len(light["cuda_sources"]) == 2
+
+
+def test_main_cpp_of_the_light_build_is_byte_identical(monkeypatch):
+    """load_inline writes main.cpp, then compiles; the compile step is replaced (this checks our arguments, not
+    torch), and the files it would compile are compared."""
+    import torch.utils.cpp_extension as cpp_ext
+    monkeypatch.setattr(cpp_ext, "_jit_compile", lambda *a, **k: None)
+    dirs = [tempfile.mkdtemp(prefix="light-main-") for _ in range(2)]
+    try:
+        call = dict(name="lightprobe", cpp_sources="torch::Tensor f(torch::Tensor x);", cuda_sources=SRC,
+                    functions=["f"], extra_cuda_cflags=["-O3"])
+        cpp_ext.load_inline(**call, build_directory=dirs[0])
+        cpp_ext.load_inline(**build.light_call(dict(call, build_directory=dirs[1])))
+        main = [open(os.path.join(d, "main.cpp")).read() for d in dirs]
+        assert main[0] == main[1] and main[0].startswith("#include <torch/extension.h>")
+        cu = [open(os.path.join(d, "cuda.cu")).read() for d in dirs]
+        assert cu[0].startswith("#include <torch/types.h>") and "light prelude" in cu[1]
+        included = [ln for ln in cu[1].splitlines() if ln.lstrip().startswith("#")]
+        assert not [ln for ln in included if "torch/extension.h" in ln or "torch/types.h" in ln], included
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class _Recorder:
+    """Stands in for torch's load_inline inside patch_for_compile (our control flow is under test): records each
+    call, fails the light one when told to, fails the full one when told to, else leaves a .so behind."""
+
+    def __init__(self, light_fails: bool, full_fails: bool = False):
+        self.calls, self.light_fails, self.full_fails = [], light_fails, full_fails
+
+    def __call__(self, name, cpp_sources, cuda_sources=None, functions=None, extra_cflags=None,
+                 extra_cuda_cflags=None, extra_ldflags=None, extra_include_paths=None, build_directory=None,
+                 verbose=False, with_cuda=None, is_python_module=True, with_pytorch_error_handling=True,
+                 keep_intermediates=True, use_pch=False, no_implicit_headers=False):
+        light = bool(no_implicit_headers)
+        self.calls.append("light" if light else "full")
+        if light and self.light_fails:
+            raise RuntimeError("Error building extension 'x': cuda.cu(9): error: namespace \"at\" has no member")
+        if not light and self.full_fails:
+            raise RuntimeError("Error building extension 'x': cuda.cu(9): error: the full build's own error")
+        open(os.path.join(build_directory, name + ".so"), "wb").write(b"\0")
+
+
+@pytest.mark.parametrize("light_fails,full_fails,enabled,calls", [
+    (False, False, True, ["light"]),
+    (True, False, True, ["light", "full"]),
+    (True, True, True, ["light", "full"]),
+    (False, False, False, ["full"]),
+])
+def test_light_first_then_own_headers(monkeypatch, light_fails, full_fails, enabled, calls):
+    import torch.utils.cpp_extension as cpp_ext
+    rec = _Recorder(light_fails, full_fails)
+    monkeypatch.setattr(cpp_ext, "load_inline", rec)         # restored after the test, also after our patch
+    cache, out = tempfile.mkdtemp(prefix="light-cache-"), tempfile.mkdtemp(prefix="light-out-")
+    reports = []
+    try:
+        build.patch_for_compile(cache, out, False, reports.append, light_headers=enabled)
+        args = dict(name="x", cpp_sources="torch::Tensor f(torch::Tensor x);", cuda_sources=SRC, functions=["f"])
+        if full_fails:
+            with pytest.raises(RuntimeError, match="full build's own error"):
+                cpp_ext.load_inline(**args)
+        else:
+            cpp_ext.load_inline(**args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    assert rec.calls == calls
+    (r,) = reports
+    if full_fails:
+        assert r["type"] == "compile_error" and r["light_fallback"] is True
+        assert "full build's own error" in r["log"] and "light headers failed" in r["log"]
+    else:
+        assert r["type"] == "built" and r["light"] is (calls == ["light"])
+        assert r["light_fallback"] is (calls == ["light", "full"])
+        assert ("light headers failed" in r["log"]) is r["light_fallback"]
+
+
+# ---------------------------------------------------------------------------------------------------------- GPU
+FALLBACK = r'''
+import torch
+from torch.utils.cpp_extension import load_inline
+CUDA_SRC = r"""
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+__global__ void relu_k(const float* x, float* y, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = fmaxf(x[i], 0.f);
+}
+torch::Tensor relu_idx(torch::Tensor x) {
+    using namespace torch::indexing;                    // TensorIndexing.h: only the full headers declare it
+    auto xc = x.index({Slice()}).contiguous();
+    auto y = torch::empty_like(xc);
+    int64_t n = xc.numel();
+    relu_k<<<(unsigned)((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xc.data_ptr<float>(), y.data_ptr<float>(), n);
+    return y;
+}
+"""
+ext = load_inline(name="relu_idx_ext", cpp_sources="torch::Tensor relu_idx(torch::Tensor x);",
+                  cuda_sources=CUDA_SRC, functions=["relu_idx"], extra_cuda_cflags=["-O3"])
+class ModelNew(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+    def forward(self, x):
+        return ext.relu_idx(x)
+'''
+
+
+@pytest.mark.gpu
+def test_light_build_accepted_and_fallback_accepted_on_gpu():
+    import concurrent.futures as cf
+    import torch
+    from kernel_eval.evaluate import evaluate_candidate
+    from kernel_eval.tasks import builtin_solution, get_task
+    from runtime.config import EvaluatorConfig
+    cache = tempfile.mkdtemp(prefix="sandbox-rl-light-gpu-")
+    try:
+        cfg = EvaluatorConfig(backend="cuda", cache_dir=cache, run_timeout_s=120.0, compile_timeout_s=600.0,
+                              correctness_trials=3, timing_warmup=3, timing_trials=10, compile_jobs=2)
+        task = get_task("builtin/relu")
+        sources = [builtin_solution("builtin/relu", "cuda"), FALLBACK]
+        with cf.ThreadPoolExecutor(2) as ex:
+            light, fallback = ex.map(lambda c: build.compile_candidate(c, "cuda", cfg, torch.__version__), sources)
+        assert light.ok and light.light_builds == 1 and light.light_fallbacks == 0, light.log[-2000:]
+        assert fallback.ok and fallback.light_builds == 0 and fallback.light_fallbacks == 1, fallback.log[-2000:]
+        assert "light headers failed" in fallback.log
+        for code in sources:                                       # cache hits now: run, check, time
+            r = evaluate_candidate(task, code, cfg)
+            assert r.correct and r.stage == "done", r.to_dict()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
