@@ -19,7 +19,7 @@
 # Round on one 2 x H200 node (32 cores), each case alone on the node:
 #   part 12 (carry .kit .benchextra):  build-cache warm-up | CUDA adversarial sweep (GPU 1)
 #   part 13 (same carry as part 7):    pipeline c2, then d_a_lag1
-# Round on one H200 (16 cores):
+# Round on one H100 (16 cores):
 #   part 15 (carry .kit .benchextra):  light-header GPU test, then evaluator throughput (light headers on)
 #   part 16 (same carry as part 7):    rollout throughput, raw vLLM vs the vllm engine in a RolloutWorker
 #   part 17 (carry the activate.sh files, .benchextra/tokenizer): vLLM engine + weight-transfer GPU tests
@@ -141,9 +141,9 @@ case $part in
   timeout 255 $P --cases d_a_lag1 --steps 3 --case-timeout-s 250 --out "$OUT/lag" > "$OUT/lag.log" 2>&1
   tar czf "$FINAL/part13.tgz" -C "$OUT" --exclude=trajectories.jsonl . ;;
 15)
-  timeout 200 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
-  OUT=$OUT/eval timeout 470 python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
-    --timeout-s 430 > "$OUT/eval.log" 2>&1
+  timeout 130 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
+  OUT=$OUT/eval timeout 395 python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s 360 > "$OUT/eval.log" 2>&1
   tar czf "$FINAL/part15.tgz" -C "$OUT" . ;;
 16)
   OUT=$OUT/rollout timeout 570 python3 benchmarks/rollout_throughput.py --part vllm > "$OUT/rollout.log" 2>&1
