@@ -5,8 +5,10 @@ evaluated (no barrier between turns), so requests arrive at different times. One
 (engines/driver.py's EngineDriver) serves them:
   vllm  continuous batching: each request joins the running batch at the next engine step and returns as soon as it
         is finished, whatever else is in flight (at most rollout.max_concurrent_sequences in flight; more queue).
-  hf    batches: when the engine becomes free, everything queued goes into the next call at once; only a request that
-        finds the engine idle waits rollout.batch_wait_ms for company. A request arriving during a call waits for it.
+  hf    batches: when the engine becomes free, everything queued goes into the next call at once. A request
+        arriving during a call waits for it.
+  both: a request that finds the engine idle waits for company until no new request came for rollout.batch_wait_ms
+        (at most 10 x that; engines/driver.py, "Start window"), so a burst of first turns starts as one batch.
 update_weights / receive_weights (NCCL) / sleep / wake_up DRAIN: no new request starts, the ones in flight finish, then the call runs, so each
 TurnSample's weight_version is the version that sampled all of its tokens (an update waits for the longest request in
 flight).
@@ -241,8 +243,16 @@ class RolloutWorker:
                  batch_size_max=d.batch_size_max,
                  queue_wait_s_mean=d.queue_wait_s_sum / d.sequences if d.sequences else 0.0,
                  queue_wait_s_max=d.queue_wait_s_max, queue_depth=self._driver.queue_depth(),
+                 admit_s=d.admit_s, start_windows=d.windows, start_window_s=d.window_s,
                  in_flight=self._driver.in_flight(), asleep=self._driver.asleep)
         return s
+
+    async def set_batch_wait_ms(self, ms: float) -> float:
+        """Change rollout.batch_wait_ms at run time (tuning, benchmarks); returns the previous value."""
+        if ms < 0:
+            raise ValueError(f"{self.name}.set_batch_wait_ms: must be >= 0, got {ms}")
+        prev, self._driver.batch_wait_s = self._driver.batch_wait_s * 1000.0, float(ms) / 1000.0
+        return prev
 
     async def weight_version(self) -> int:
         return self.engine.weight_version

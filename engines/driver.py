@@ -8,9 +8,17 @@ serves them in one of two modes, picked by the engine's `supports_streaming`:
   asyncio future at once (loop.call_soon_threadsafe). A request arriving while others decode joins at the next step
   (one engine iteration, ~10-50 ms); short requests return as soon as they are done, whatever else is running.
 - batch (hf): when the engine becomes free, everything waiting (up to `max_in_flight`) goes into one
-  `generate_each` call at once. Only a request that finds the engine idle waits `batch_wait_s` for company (so
-  concurrent first turns share a batch); requests that queued during a call never wait on a timer. Requests that
-  arrive during a call still wait for that whole call: hf does not continuous-batch.
+  `generate_each` call at once. Requests that queued during a call never wait on a timer. Requests that arrive
+  during a call still wait for that whole call: hf does not continuous-batch.
+
+Start window (both modes): a request that finds the engine idle opens a window for company. Admission starts when
+`max_in_flight` requests wait, when no new request came for `batch_wait_s`, or `START_WINDOW_CAP` x `batch_wait_s`
+after the window opened, whichever comes first; with batch_wait_s = 0 there is no window. Why, for streaming too: a
+burst of N separate requests (one per trajectory) reaches the actor one Ray call at a time; stepping the engine after
+the first would keep this thread busy in vLLM's Python output processing and starve the threads that receive the
+rest (the GIL), so they trickled in over ~0.6 s on an H100 for 256 requests, and the last of them finished that much
+later. While the window is open this thread blocks on the inbox and the burst lands in a few ms. A lone request pays
+at most batch_wait_s.
 
 Engine calls (`await driver.call(fn, ...)`: load_weights, sleep, wake_up) DRAIN: once the call reaches the engine
 thread, no new request is admitted; requests in flight finish; then the call runs; then admission resumes. So a weight
@@ -64,6 +72,7 @@ class _Abort:
 
 
 _STOP = object()
+START_WINDOW_CAP = 10          # the start window closes at the latest this many batch_wait_s after it opened
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: Optional[BaseException]) -> None:
@@ -88,6 +97,9 @@ class DriverStats:
     queue_wait_s_max: float = 0.0
     failed_requests: int = 0
     drains: int = 0                # engine calls (weights, sleep, wake) that had to wait for requests in flight
+    admit_s: float = 0.0           # seconds in engine.start_request (streaming)
+    window_s: float = 0.0          # seconds spent in start windows (waiting for company while idle)
+    windows: int = 0
 
 
 class EngineDriver:
@@ -110,7 +122,6 @@ class EngineDriver:
         self._pending: collections.deque[_Gen] = collections.deque()     # filed, not admitted
         self._calls: collections.deque[_Call] = collections.deque()
         self._live: dict[str, _Gen] = {}                                   # admitted (streaming), by handle
-        self._backlog = False          # requests were waiting when the last batch finished: no batch_wait timer
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-engine", daemon=True)
         self._thread.start()
@@ -169,13 +180,16 @@ class EngineDriver:
         """One loop iteration; False when closed."""
         idle = not self._live
         block = idle and not self._admissible() and not self._calls
-        if block:
-            self._backlog = False         # the engine goes idle: the next request opens a batch_wait window
         if not self._take(block=block):
             return False
         if self._calls and not self._live:
             self._run_call(self._calls.popleft())
             return True
+        if block and self._admissible() and self.batch_wait_s > 0:     # a request found the engine idle
+            if not self._start_window():
+                return False
+            if not self._admissible():             # an engine call came meanwhile (it goes first), or asleep
+                return True
         engine = self.get_engine()          # after the (possibly long) wait: the owner may have swapped it
         streaming = bool(getattr(engine, "supports_streaming", False))
         if self._admissible():
@@ -185,6 +199,24 @@ class EngineDriver:
                 return self._run_batch(engine)
         if self._live:
             self._step(engine)
+        return True
+
+    def _start_window(self) -> bool:
+        """The engine is idle and requests wait: collect company (module docstring, "Start window"). False when the
+        stop sentinel came."""
+        t0 = time.perf_counter()
+        cap = t0 + START_WINDOW_CAP * self.batch_wait_s
+        while len(self._pending) < self.max_in_flight and not self._calls and not self.asleep:
+            before = len(self._pending)
+            left = min(self.batch_wait_s, cap - time.perf_counter())
+            if left <= 0:
+                break
+            if not self._take(block=True, timeout=left):
+                return False
+            if len(self._pending) == before and not self._calls:     # nothing new for batch_wait_s
+                break
+        self.stats.window_s += time.perf_counter() - t0
+        self.stats.windows += 1
         return True
 
     def _take(self, block: bool, timeout: Optional[float] = None) -> bool:
@@ -258,12 +290,15 @@ class EngineDriver:
             item = self._pending.popleft()
             if item.fut.done():          # cancelled before admission
                 continue
+            t = time.perf_counter()
             try:
                 item.handle = engine.start_request(item.prompt, item.params)
             except Exception as e:       # a bad request fails alone
                 self.stats.failed_requests += 1
                 self._resolve(item, None, e)
                 continue
+            finally:
+                self.stats.admit_s += time.perf_counter() - t
             self._note_admitted(item, int(engine.weight_version))
             self._live[item.handle] = item
         self._on_queue(len(self._pending))
@@ -301,18 +336,6 @@ class EngineDriver:
 
     # batch ------------------------------------------------------------------------------------------------
     def _run_batch(self, engine) -> bool:
-        if not self._backlog and self.batch_wait_s > 0:
-            # the engine was idle: give concurrent requests batch_wait_s to join this batch
-            deadline = time.perf_counter() + self.batch_wait_s
-            while len(self._pending) < self.max_in_flight and not self._calls:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                if not self._take(block=True, timeout=left):
-                    return False
-            if self._calls or self.asleep:        # an engine call came meanwhile: it goes first
-                return True
-            engine = self.get_engine()
         batch = []
         while self._pending and len(batch) < self.max_in_flight:
             item = self._pending.popleft()
@@ -346,7 +369,4 @@ class EngineDriver:
             self._on_tokens(n_tok, dt, len(batch))
             for item, g in zip(batch, gens):
                 self._resolve(item, (g, version), None)
-        if not self._take(block=False):
-            return False
-        self._backlog = bool(self._pending)
-        return True
+        return self._take(block=False)

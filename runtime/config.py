@@ -111,8 +111,9 @@ class RolloutConfig:
         "ipc", "vLLM weight updates: ipc (CUDA IPC handles through vLLM's weight-transfer API), disk (safetensors + "
                "reload_weights), or nccl (learner rank 0 broadcasts to the engines on other GPUs; disaggregated only)")
     vllm_enforce_eager: bool = f(False, "vLLM without CUDA graphs / torch.compile (faster start, slower decode)")
-    batch_wait_ms: float = f(5.0, "a RolloutWorker collects concurrent requests this long (or until "
-                                  "max_concurrent_sequences) before one engine call")
+    batch_wait_ms: float = f(5.0, "a request that finds a RolloutWorker's engine idle waits for company until no "
+                                  "new request came for this long (at most 10x, or until max_concurrent_sequences "
+                                  "wait); 0: start at once")
 
 
 @dataclass

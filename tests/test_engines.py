@@ -186,6 +186,49 @@ def test_driver_late_request_is_not_blocked_when_streaming(engine):
     assert _late_request_run(engine)[-1] == "late"       # hf batches: waits for the running call, then runs alone
 
 
+class _StepRecorder:
+    """A streaming engine that records how many requests were in flight at each step."""
+    def __init__(self, eng):
+        self.eng, self.in_flight_at_step = eng, []
+
+    def __getattr__(self, name):
+        return getattr(self.eng, name)
+
+    def step(self):
+        self.in_flight_at_step.append(self.eng.num_in_flight())
+        return self.eng.step()
+
+
+def test_driver_start_window_gathers_a_burst_before_the_first_step(engine):
+    """A request that finds the engine idle waits for company: a burst of requests 20 ms apart starts as one batch
+    (streaming too), the window closes at once when max_in_flight requests wait, and batch_wait 0 means no window."""
+    async def burst(d, n, gap_s):
+        reqs = []
+        for i in range(n):
+            reqs.append(asyncio.ensure_future(d.generate(PROMPTS[i % 4], SamplingParams(max_new_tokens=3, seed=i))))
+            await asyncio.sleep(gap_s)
+        return await asyncio.wait_for(asyncio.gather(*reqs), 60)
+
+    async def run():
+        rec = _StepRecorder(HFEngine(None, model=engine.model, tokenizer=engine.tokenizer, streaming=True))
+        d = EngineDriver(lambda: rec, max_in_flight=8, batch_wait_s=0.3, name="t")
+        await burst(d, 5, 0.02)
+        gathered = (rec.in_flight_at_step[0], d.stats.windows)
+        t = time.perf_counter()                     # max_in_flight waiting closes the window (cap: 10 x 5 s)
+        d.batch_wait_s, d.max_in_flight = 5.0, 4
+        gens = await burst(d, 4, 0.0)
+        full = time.perf_counter() - t
+        d.close()
+        d0 = EngineDriver(lambda: rec, max_in_flight=8, batch_wait_s=0.0, name="t0")
+        await burst(d0, 2, 0.0)
+        d0.close()
+        return gathered, full, gens, d0.stats.windows
+    (first_step, windows), full, gens, windows0 = asyncio.run(run())
+    assert first_step == 5 and windows == 1
+    assert full < 5.0 and all(len(g.token_ids) == 3 for g, _ in gens)
+    assert windows0 == 0
+
+
 def test_driver_fails_requests_the_engine_lost_instead_of_hanging(engine):
     """If the engine no longer holds requests the driver has in flight (lost: e.g. a request-id mix-up), their
     callers get an error and a weight update filed behind them still runs, instead of both waiting forever."""
