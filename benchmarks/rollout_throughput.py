@@ -222,8 +222,18 @@ def part_vllm_worker(eager: bool) -> dict:
     t = time.perf_counter()
     ray.get(w.wake_up.remote(), timeout=300)
     r["wake_s"] = round(time.perf_counter() - t, 3)
-    r["same_tokens_after_wake"] = ray.get(w.generate.remote([ps[0]], single), timeout=300)[0].token_ids == \
-        before.token_ids
+    after = ray.get(w.generate.remote([ps[0]], single), timeout=300)[0]
+    r["same_tokens_after_wake"] = after.token_ids == before.token_ids
+    # Where they differ: the logprobs of the tokens both sampled alike tell numerics from broken weights (a random
+    # model's next-token distribution is nearly flat, so bf16 noise -- e.g. prompt KV from the prefix cache, computed
+    # in a batch of 256 before sleep, recomputed alone after wake -- can flip a sample; wrong weights move every
+    # logprob by far more than 0.1)
+    common = next((i for i, (a, b) in enumerate(zip(before.token_ids, after.token_ids)) if a != b),
+                  min(len(before.token_ids), len(after.token_ids)))
+    r["after_wake_common_prefix_tokens"] = common
+    r["after_wake_logprob_max_abs_diff"] = round(max((abs(a - b) for a, b in zip(before.logprobs[:common],
+                                                                                    after.logprobs[:common])),
+                                                     default=0.0), 4)
 
     state_ref = ray.put(random_state(2))
     t = time.perf_counter()
