@@ -22,14 +22,17 @@
 # Round on one H100 (16 cores):
 #   part 15 (carry .kit .benchextra):  light-header GPU test, then evaluator throughput (light headers on)
 #   part 16 (same carry as part 7):    rollout throughput, raw vLLM vs the vllm engine in a RolloutWorker
-#   part 17 (carry the activate.sh files, .benchextra/tokenizer): vLLM engine + weight-transfer GPU tests
+#   part 17 (carry the activate.sh files, .benchextra/tokenizer .benchextra/bin): vLLM engine + weight-transfer tests
+#   part 18 (carry .kit .benchextra, and the KernelBench level-1 task files in kb/level1 of the working tree):
+#            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 24 on 16
+#            cores: oversubscribed, so a burst of ~21 builds runs as one wave instead of 16 + 5)
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-17}
+part=${1:?part 1-18}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ] && [ "$part" != 18 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -152,6 +155,11 @@ case $part in
   timeout 560 python3 -m pytest -q -m gpu tests/test_engines.py tests/test_weight_transfer_gpu.py -rA \
     > "$OUT/engine_tests.log" 2>&1
   tar czf "$FINAL/part17.tgz" -C "$OUT" . ;;
+18)
+  [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
+  OUT=$OUT/eval timeout 380 python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s 340 --compile-workers "${COMPILE_WORKERS:-24}" > "$OUT/eval.log" 2>&1
+  tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log
