@@ -7,8 +7,8 @@ KernelBench level-1 activations ($KERNELBENCH_DIR or ../shared/kernelbench; skip
 here, and near-duplicates of both, as RL produces them: the same kernel with a comment/whitespace change (same C++)
 or another block size (new C++).
 
-- ours: compile workers (threads; --compile-workers x --compile-jobs = the cores, default one job per worker, one
-  worker per core: no oversubscription) into a content-hash build cache (fresh, cold at start) with the host-object
+- ours: compile workers (threads; default --compile-workers x --compile-jobs = the cores, one job per worker, one
+  worker per core: no oversubscription; gpu_round.sh part 18 uses 24 on 16 cores) into a content-hash build cache (fresh, cold at start) with the host-object
   cache (--no-object-cache to turn off), the precompiled header for the host .cpp (--no-pch), light CUDA headers
   (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), pre-spawned
   sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU
@@ -145,7 +145,7 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
     from kernel_eval.result import EvalResult
     gpu_lock = threading.Lock()
     acc = {"compile_cpu_s": 0.0, "compile_wall_s": 0.0, "startup_s": 0.0, "gpu_s": 0.0, "light_builds": 0,
-           "light_fallbacks": 0}
+           "light_fallbacks": 0, "waited_builds": 0, "waited_s": 0.0}
     acc_lock = threading.Lock()
 
     def one(item):
@@ -158,6 +158,8 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
                 acc["compile_wall_s"] += b.compile_s
                 acc["light_builds"] += b.light_builds
                 acc["light_fallbacks"] += b.light_fallbacks
+                acc["waited_builds"] += b.waited_builds
+                acc["waited_s"] += b.waited_s
             if not b.ok:
                 res.reason = b.reason
                 return _finish(res, b.log[-2000:])
@@ -410,7 +412,9 @@ def main() -> int:
                      f"{r['compile_cpu_s']:.0f} | {r['compile_cpu_s_per_candidate']:.1f} | {r['compile_wall_s']:.0f} | "
                      f"{r['startup_s']:.1f} | {r['gpu_s']:.1f} | {r['correct']} |")
     table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers, "
-                 f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers")
+                 f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers; "
+                 f"{rows['ours'].get('waited_builds', 0)} extensions taken from a concurrent compile of the same C++ "
+                 f"({rows['ours'].get('waited_s', 0.0):.0f} s waited)")
     table.append(f"\nthroughput ratio {ratio:.2f}x; verdicts identical on {len(both)} candidates: {not differ}"
                  + (f" (differ: {', '.join(differ)})" if differ else ""))
     with open(os.path.join(out_dir, "eval_throughput.md"), "w") as fh:

@@ -28,6 +28,12 @@ Cheaper builds, each still one extension per candidate compiled from the candida
   fails is rebuilt with the candidate's own headers, whose log is what the candidate sees. Why the program is the
   same: see "light CUDA headers" below. `python benchmarks/light_headers_check.py` compiles every built-in solution
   both ways.
+- One build per extension at a time: a compile process that is about to build extension key K takes an exclusive
+  lock on <cache>/building/K.lock and holds it until it exits (compile processes are single-use); another one that
+  needs K meanwhile (a near-duplicate candidate: other Python, same C++) waits for that lock -- at most half of
+  evaluator.compile_timeout_s -- then for the parent to publish K (up to PUBLISH_WAIT_S), and takes K from the
+  cache; it builds K itself only if the first builder failed or its wait ran out. Without it, a burst of
+  near-duplicates (RL samples G of them per task) compiled the same C++ side by side.
 - CUDA arch: the compile sandbox gets TORCH_CUDA_ARCH_LIST (evaluator.cuda_arch_list, else the environment, else
   the node's GPUs from nvidia-smi, as torch would pick them), so no compile process initializes CUDA, a compile node
   without a GPU can build, and the arch list is part of the extension key (the run computes the same key).
@@ -332,8 +338,42 @@ def cpp_ext_workers(verbose: bool) -> Optional[int]:
         return int(jobs) if jobs.isdigit() else None
 
 
+PUBLISH_WAIT_S = 10.0        # after the first builder's process ended: how long its parent may take to publish
+_BUILD_LOCKS: list = []      # lock files of the extensions this compile process builds, held until it exits
+
+
+def claim_build(cache_dir: str, key: str, max_wait_s: float) -> float:
+    """Become the one builder of extension `key` (see the module docstring), waiting for a concurrent builder first.
+    Seconds waited (0.0: nobody else was building it). Without a writable cache directory there is no claim."""
+    try:
+        d = os.path.join(cache_dir, "building")
+        os.makedirs(d, exist_ok=True)
+        fh = open(os.path.join(d, key + ".lock"), "a")
+    except OSError:
+        return 0.0
+    t0 = time.monotonic()
+    contended = False
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            contended = True
+            if time.monotonic() - t0 > max_wait_s:      # build it ourselves, side by side
+                fh.close()
+                return time.monotonic() - t0
+            time.sleep(0.05)
+    _BUILD_LOCKS.append(fh)
+    if not contended:
+        return 0.0                                      # nobody else was building it
+    deadline = time.monotonic() + PUBLISH_WAIT_S        # the builder ended: its parent publishes right after
+    while not os.path.isdir(os.path.join(cache_dir, key)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Callable[[dict], None],
-                      object_cache: bool = False, light_headers: bool = False) -> None:
+                      object_cache: bool = False, light_headers: bool = False, dedupe_wait_s: float = 0.0) -> None:
     """Make load_inline build-only (see module docstring). `report` receives one dict per call (and one per newly
     built host object when `object_cache`)."""
     import torch
@@ -351,6 +391,10 @@ def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Calla
         key = extension_key(bound, torch.__version__)
         if os.path.isdir(os.path.join(cache_dir, key)):
             report({"type": "built", "key": key, "cached": True})
+            return _Stub()
+        waited = claim_build(cache_dir, key, dedupe_wait_s) if dedupe_wait_s > 0 else 0.0
+        if os.path.isdir(os.path.join(cache_dir, key)):        # built by the compile we waited for
+            report({"type": "built", "key": key, "cached": True, "waited_s": waited})
             return _Stub()
         build_dir = os.path.join(out_dir, key)
         os.makedirs(build_dir, exist_ok=True)
@@ -432,6 +476,8 @@ class BuildResult:
     objects_published: int = 0                # new host objects added to the host-object cache
     light_builds: int = 0                     # extensions built with the light CUDA prelude
     light_fallbacks: int = 0                  # light builds that failed and were rebuilt with the full headers
+    waited_builds: int = 0                    # extensions taken from a concurrent compile of the same key
+    waited_s: float = 0.0                     # seconds spent waiting for such compiles
 
 
 def _atomic_publish(src: str, final: str, sha256: Optional[str], stage_dir: str) -> bool:
@@ -560,7 +606,8 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
     out = sb.run("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
                              "use_pch": cfg.precompiled_header,
                              "object_cache": bool(getattr(cfg, "host_object_cache", False)),
-                             "light_headers": bool(getattr(cfg, "light_cuda_headers", False))}, keep_workdir=True)
+                             "light_headers": bool(getattr(cfg, "light_cuda_headers", False)),
+                             "dedupe_wait_s": 0.5 * cfg.compile_timeout_s}, keep_workdir=True)
     secs = time.monotonic() - t0
     cpu = out.cpu_s or 0.0
     try:
@@ -595,8 +642,10 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
                 json.dump({"keys": keys}, fh)
             os.replace(tmp, os.path.join(cache_dir, "sources", skey + ".json"))
         logs = [h.get("log") for h, _ in out.frames if h.get("type") == "built" and h.get("log")]
+        waited = [h for h, _ in out.frames if h.get("type") == "built" and h.get("cached") and h.get("waited_s")]
         return BuildResult(ok=True, keys=keys, compile_s=secs, cpu_s=cpu, objects_published=published,
-                           log="\n".join(logs), light_fallbacks=fallbacks,
+                           log="\n".join(logs), light_fallbacks=fallbacks, waited_builds=len(waited),
+                           waited_s=sum(h["waited_s"] for h in waited),
                            light_builds=sum(1 for h, _ in out.frames if h.get("type") == "built" and h.get("light")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -134,7 +134,8 @@ def _compile(req: dict, chan: Channel) -> None:
     import torch  # noqa: F401  (imported before the candidate, like in the run)
     from kernel_eval.build import patch_for_compile
     patch_for_compile(req["cache_dir"], req["out_dir"], bool(req.get("use_pch")), chan.send,
-                      object_cache=bool(req.get("object_cache")), light_headers=bool(req.get("light_headers")))
+                      object_cache=bool(req.get("object_cache")), light_headers=bool(req.get("light_headers")),
+                      dedupe_wait_s=float(req.get("dedupe_wait_s") or 0.0))
     try:
         _exec_module("candidate_module", req["code"])
     except Exception as e:

@@ -56,3 +56,28 @@ def test_build_env_of_cuda_sandboxes_checks_cuda_through_nvml():
     assert build_env(EvaluatorConfig(backend="cpu")) == {}
     env = build_env(EvaluatorConfig(backend="cuda", cuda_arch_list="9.0"))
     assert env == {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TORCH_CUDA_ARCH_LIST": "9.0"}
+
+
+def test_concurrent_near_duplicates_build_once():
+    """Two candidates that differ only in Python (same C++), compiled at the same time: one compile process builds
+    the extension, the other waits for it (<cache>/building/<key>.lock) and takes it from the cache."""
+    import threading
+    cfg = make_cfg(host_object_cache=True)
+    code = RELU_OK.replace('extra_cflags=["-O3"])', 'extra_cflags=["-O3", "-DNEAR_DUPLICATE_TEST=1"])')
+    assert code != RELU_OK
+    variants = [code, code + "\n# the same kernel, another comment\n"]
+    builds: list = [None, None]
+
+    def one(i: int) -> None:
+        builds[i] = compile_candidate(variants[i], "cpu", cfg, torch.__version__)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(b is not None and b.ok for b in builds), [b and b.log[-1500:] for b in builds]
+    assert builds[0].keys == builds[1].keys
+    assert sorted(b.waited_builds for b in builds) == [0, 1], [(b.waited_builds, b.cpu_s) for b in builds]
+    waiter = next(b for b in builds if b.waited_builds)
+    assert waiter.waited_s > 0.5 and waiter.cpu_s < 10.0, (waiter.waited_s, waiter.cpu_s)
