@@ -92,8 +92,9 @@ class EvaluatorPool:
     def _new_compiler(self, i: int) -> Any:
         self.generation += 1
         from kernel_eval.build import compile_jobs           # each worker reserves the cores its compiler jobs use
+        cpus = float(getattr(self.cfg, "compile_worker_cpus", 0.0) or 0.0) or compile_jobs(self.cfg)  # or fewer
         return CompileWorker.options(name=f"{self.name}-compile-{i}-g{self.generation}",
-                                     num_cpus=compile_jobs(self.cfg)).remote(self.cfg, f"{self.name}-compile-{i}")
+                                     num_cpus=cpus).remote(self.cfg, f"{self.name}-compile-{i}")
 
     def _new_runner(self, i: int) -> Any:
         self.generation += 1

@@ -194,7 +194,7 @@ def part_vllm_worker(eager: bool) -> dict:
         gens, rate, wall, s0, s1 = best
         d = {k: s1[k] - s0[k] for k in ("engine_calls", "busy_s", "admit_s", "start_window_s", "sequences")}
         wait_sum = s1["queue_wait_s_mean"] * s1["sequences"] - s0["queue_wait_s_mean"] * s0["sequences"]
-        r.update({f"{tag}_tok_s": round(rate, 1), f"{tag}_wall_s": round(wall, 3), f"{tag}_steps": d["engine_calls"],
+        r.update({f"{tag}_tok_s": round(rate, 1), f"{tag}_run_s": round(wall, 3), f"{tag}_steps": d["engine_calls"],
                   f"{tag}_step_s": round(d["busy_s"], 3), f"{tag}_admit_s": round(d["admit_s"], 3),
                   f"{tag}_start_window_s": round(d["start_window_s"], 3),
                   f"{tag}_queue_wait_mean_s": round(wait_sum / max(1, d["sequences"]), 3)})

@@ -183,9 +183,14 @@ class EvaluatorConfig:
                                        "inject it into the host .cpp of C++ and CUDA builds (halves its compile "
                                        "time; ~0.8 GB per flag set; nvcc's .cu passes cannot use it)")
     compile_jobs: int = f(1, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process; each compile worker "
-                             "reserves this many CPUs from Ray, so num_compile_workers x compile_jobs = the cores "
-                             "Ray gives compilation (no oversubscription). 1 suits CUDA builds: the .cu takes ~85% "
+                             "reserves this many CPUs from Ray (unless compile_worker_cpus is set), so "
+                             "num_compile_workers x compile_jobs = the cores Ray gives compilation. 1 suits CUDA builds: the .cu takes ~85% "
                              "of a build's CPU, so a second job mostly idles a core another worker could use")
+    compile_worker_cpus: float = f(0.0, "CPUs each compile worker reserves from Ray; 0: compile_jobs. Below "
+                                        "compile_jobs oversubscribes the cores on purpose (e.g. 0.5: two workers "
+                                        "per core): a burst of builds a bit larger than the cores then runs as one "
+                                        "wave (makespan ~ total CPU / cores) instead of a full wave plus a "
+                                        "nearly empty one")
     host_object_cache: bool = f(True, "cache the C++ objects of a build (the host binding main.cpp) by content hash "
                                       "of command, source and compiler; a candidate with the same cpp_sources, "
                                       "functions, name and flags reuses the object and compiles only its .cu")
@@ -461,7 +466,7 @@ def validate(cfg: Config) -> Config:
     positive("run.checkpoint_every_steps", cfg.run.checkpoint_every_steps, allow_zero=True)
     for key in ("placement.evaluator_headroom_gib", "placement.cuda_context_gib"):
         positive(key, getattr(cfg.placement, key.split(".")[1]), allow_zero=True)
-    for key in ("evaluator.warm_sandboxes", "evaluator.peak_memory_gb_per_s"):
+    for key in ("evaluator.warm_sandboxes", "evaluator.peak_memory_gb_per_s", "evaluator.compile_worker_cpus"):
         positive(key, getattr(cfg.evaluator, key.split(".")[1]), allow_zero=True)
     positive("evaluator.sol_margin", cfg.evaluator.sol_margin)
     if not 0.0 <= cfg.algo.gamma <= 1.0:

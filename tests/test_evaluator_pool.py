@@ -22,8 +22,10 @@ RELU_TASK = Task(name=_INLINE.name, level=_INLINE.level, source=_INLINE.source, 
 @pytest.fixture(scope="module")
 def pool(ray_local):
     from actors.evaluator import start_evaluator_pool
-    # a generous run limit: the deliberately slow candidate must not time out on a loaded machine
-    handle = start_evaluator_pool(make_cfg(num_runners=2, max_in_flight=8, run_timeout_s=150.0),
+    # a generous run limit: the deliberately slow candidate must not time out on a loaded machine; two compile
+    # workers on one reserved CPU (evaluator.compile_worker_cpus: oversubscribed on purpose)
+    handle = start_evaluator_pool(make_cfg(num_runners=2, max_in_flight=8, run_timeout_s=150.0,
+                                           num_compile_workers=2, compile_worker_cpus=0.5),
                                   name="test-evaluator-pool")
     yield handle
     ray_local.kill(handle)

@@ -28,6 +28,7 @@ def _launch(*args: str, cwd: str) -> subprocess.CompletedProcess:
     (["rollout.engine=tgi"], ["rollout.engine", "'hf'", "'vllm'"]),
     (["algo.gamma=1.5"], ["algo.gamma"]),
     (["runn.total_steps=3"], ["runn", "run"]),
+    (["evaluator.compile_worker_cpus=-1"], ["evaluator.compile_worker_cpus"]),
 ])
 def test_bad_override_exits_2_naming_the_key(tmp_path, args, must_name):
     r = _launch("train", "--config", os.path.join(ROOT, "configs", "tiny_test.yaml"),
