@@ -157,8 +157,9 @@ case $part in
   tar czf "$FINAL/part17.tgz" -C "$OUT" . ;;
 18)
   [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
-  OUT=$OUT/eval timeout 380 python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
-    --timeout-s 340 --compile-workers "${COMPILE_WORKERS:-24}" > "$OUT/eval.log" 2>&1
+  E=${EVAL_TIMEOUT_S:-340}
+  OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-24}" > "$OUT/eval.log" 2>&1
   tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
