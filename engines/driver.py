@@ -14,11 +14,12 @@ serves them in one of two modes, picked by the engine's `supports_streaming`:
 Start window (both modes): a request that finds the engine idle opens a window for company. Admission starts when
 `max_in_flight` requests wait, when no new request came for `batch_wait_s`, or `START_WINDOW_CAP` x `batch_wait_s`
 after the window opened, whichever comes first; with batch_wait_s = 0 there is no window. Why, for streaming too: a
-burst of N separate requests (one per trajectory) reaches the actor one Ray call at a time; stepping the engine after
-the first would keep this thread busy in vLLM's Python output processing and starve the threads that receive the
-rest (the GIL), so they trickled in over ~0.6 s on an H100 for 256 requests, and the last of them finished that much
-later. While the window is open this thread blocks on the inbox and the burst lands in a few ms. A lone request pays
-at most batch_wait_s.
+burst of N separate requests (one per trajectory) reaches the actor one Ray call at a time; once this thread steps
+vLLM it holds the GIL for vLLM's Python output processing much of the time, and the rest of the burst comes in
+slower (up to 0.58 s queue wait for 256 requests in one H100 run); late requests decode in extra steps at the end
+(265-267 steps instead of 258 for 256 x 256 tokens). While the window is open this thread blocks on the inbox and
+256 requests land in ~0.05 s; on an H100 that raised 256 separate requests from 0.90-0.94 to 0.92-0.96 of one
+LLM.generate's tokens/s (benchmarks/README.md, Rollout). A lone request pays at most batch_wait_s.
 
 Engine calls (`await driver.call(fn, ...)`: load_weights, sleep, wake_up) DRAIN: once the call reaches the engine
 thread, no new request is admitted; requests in flight finish; then the call runs; then admission resumes. So a weight
