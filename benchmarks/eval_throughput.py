@@ -8,7 +8,8 @@ here, and near-duplicates of both, as RL produces them: the same kernel with a c
 or another block size (new C++).
 
 - ours: compile workers (threads; default --compile-workers x --compile-jobs = the cores, one job per worker, one
-  worker per core: no oversubscription; gpu_round.sh part 18 uses 24 on 16 cores) into a content-hash build cache (fresh, cold at start) with the host-object
+  worker per core: no oversubscription; gpu_round.sh part 18 uses 32 on 16 cores) into a content-hash build cache
+  (fresh, cold at start; a near-duplicate waits for a concurrent compile of the same C++) with the host-object
   cache (--no-object-cache to turn off), the precompiled header for the host .cpp (--no-pch), light CUDA headers
   (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), pre-spawned
   sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU

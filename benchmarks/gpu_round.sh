@@ -24,8 +24,9 @@
 #   part 16 (same carry as part 7):    rollout throughput, raw vLLM vs the vllm engine in a RolloutWorker
 #   part 17 (carry the activate.sh files, .benchextra/tokenizer .benchextra/bin): vLLM engine + weight-transfer tests
 #   part 18 (carry .kit .benchextra, and the KernelBench level-1 task files in kb/level1 of the working tree):
-#            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 24 on 16
-#            cores: oversubscribed, so a burst of ~21 builds runs as one wave instead of 16 + 5)
+#            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 32 on 16
+#            cores: oversubscribed, all 32 candidates start at once, so ~25 builds run as one wave instead of 16 + 9;
+#            near-duplicates wait for their original's compile)
 #     bash benchmarks/gpu_round.sh <part>
 set -u
 part=${1:?part 1-18}
@@ -159,7 +160,7 @@ case $part in
   [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
   E=${EVAL_TIMEOUT_S:-340}
   OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
-    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-24}" > "$OUT/eval.log" 2>&1
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
   tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80

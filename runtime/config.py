@@ -184,8 +184,9 @@ class EvaluatorConfig:
                                        "time; ~0.8 GB per flag set; nvcc's .cu passes cannot use it)")
     compile_jobs: int = f(1, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process; each compile worker "
                              "reserves this many CPUs from Ray (unless compile_worker_cpus is set), so "
-                             "num_compile_workers x compile_jobs = the cores Ray gives compilation. 1 suits CUDA builds: the .cu takes ~85% "
-                             "of a build's CPU, so a second job mostly idles a core another worker could use")
+                             "num_compile_workers x compile_jobs = the cores Ray gives compilation. 1 suits CUDA "
+                             "builds: the .cu takes ~85% of a build's CPU, so a second job mostly idles a core "
+                             "another worker could use")
     compile_worker_cpus: float = f(0.0, "CPUs each compile worker reserves from Ray; 0: compile_jobs. Below "
                                         "compile_jobs oversubscribes the cores on purpose (e.g. 0.5: two workers "
                                         "per core): a burst of builds a bit larger than the cores then runs as one "
