@@ -27,13 +27,16 @@
 #            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 32 on 16
 #            cores: oversubscribed, all 32 candidates start at once, so ~25 builds run as one wave instead of 16 + 9;
 #            near-duplicates wait for their original's compile)
+#   part 19 (carry .kit .benchextra): GPU tests of liger (containment, ZeRO-3 with partitioned parameters), the fused
+#            AdamW and the single-rank DeepSpeed learner, then learner MFU at micro-batch 8 with the fused AdamW
+#            (learner.fused_optimizer) and without, liger on and off
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-18}
+part=${1:?part 1-19}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ] && [ "$part" != 18 ]; then source .vllmkit/activate.sh || exit 1; fi
+if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ] && [ "$part" != 18 ] && [ "$part" != 19 ]; then source .vllmkit/activate.sh || exit 1; fi
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -162,6 +165,13 @@ case $part in
   OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
     --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
   tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
+19)
+  timeout 240 python3 -m pytest -q -m gpu tests/test_learner_fused.py tests/test_learner.py \
+    -k "liger or models_built or fused_adamw or deepspeed_single" > "$OUT/learner_gpu_tests.log" 2>&1
+  OUT=$OUT/mfu timeout ${MFU_TIMEOUT_S:-330} python3 benchmarks/learner_mfu.py --cases ds_z3 ds_z3_foreach ds_z3_liger \
+    ds_z3_liger_foreach --steps 3 --micro-batches 8 --phases --profile-cases ds_z3_liger --case-timeout-s 120 \
+    > "$OUT/mfu.log" 2>&1
+  tar czf "$FINAL/part19.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -15,6 +15,8 @@ Cases (each (case, ranks) runs as its own processes, so that peak memory, an OOM
     ds_z3_compile    + torch.compile of each decoder layer (experimental)
     torch_compile    torch backend + torch.compile of each decoder layer
     ds_z2            ZeRO stage 2
+    ds_z3_foreach, ds_z3_liger_foreach
+                     torch's multi-tensor AdamW instead of the fused one (learner.fused_optimizer=false)
   Checks (one GPU, not learners):
     check            Triton log-prob kernels vs the torch path (relative errors, ms per 4k sequence)
     liger_check      liger-patched vs plain Qwen2 (4 layers of the 0.5B shape, one 4k sequence): logits and gradient
@@ -80,6 +82,9 @@ CASES = {
     "ds_z3_compile": dict(backend="deepspeed", gc=False, offload=False, compile_layers=True),
     "torch_compile": dict(backend="torch", gc=False, offload=False, compile_layers=True),
     "ds_z2": dict(backend="deepspeed", gc=False, offload=False, zero_stage=2),
+    # torch's multi-tensor AdamW instead of the fused one (learner.fused_optimizer=false; the default before 2026-12-07)
+    "ds_z3_foreach": dict(backend="deepspeed", gc=False, offload=False, fused_optimizer=False),
+    "ds_z3_liger_foreach": dict(backend="deepspeed", gc=False, offload=False, fused="liger", fused_optimizer=False),
 }
 CHECKS = ("check", "liger_check")         # not learners: kernel checks, one process, one GPU
 DEFAULT_CASES = ["ds_z3", "ds_z3_liger", "ds_z3_gc", "ds_z3_offload", "torch", "torch_gc"]
@@ -112,6 +117,7 @@ def _config(case: dict, args, micro_batch: int):
             "algo.trajectories_per_task": args.samples, "algo.max_turns": 1,
             "rollout.max_new_tokens": args.seq_tokens - args.prompt_tokens, "run.total_steps": args.steps + 1,
             "model.dtype": "bfloat16", "learner.fused_kernels": case.get("fused", "none"),
+            "learner.fused_optimizer": case.get("fused_optimizer", True),
             "learner.num_ranks": int(os.environ.get("WORLD_SIZE", "1"))}
     return load_config(None, [f"{k}={v}" for k, v in over.items()])
 

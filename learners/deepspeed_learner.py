@@ -30,7 +30,7 @@ import torch
 from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_layers, decoder_layers,
                            enable_activation_checkpointing, gather_state_dict, lr_factor, model_inputs)
 from learners.fused_kernels import apply_fused_kernels
-from learners.torch_learner import _with_dtype, pad_token_id, total_optimizer_steps
+from learners.torch_learner import _with_dtype, adamw, pad_token_id, total_optimizer_steps
 
 
 def deepspeed_config(cfg, world_size: int, with_optimizer: bool = True,
@@ -208,7 +208,7 @@ def _set_leaf_layers(model) -> None:
 
 def _make_optimizer(model, cfg, ds_config: dict):
     """AdamW. With optimizer offload DeepSpeed wants its CPU Adam (a JIT-built op); without, torch's AdamW on the
-    fp32 partitions avoids building FusedAdam."""
+    fp32 partitions (fused per learner.fused_optimizer) avoids building DeepSpeed's FusedAdam op."""
     params = [p for p in model.parameters() if p.requires_grad]
     lc = cfg.learner
     if lc.offload_optimizer:
@@ -219,4 +219,7 @@ def _make_optimizer(model, cfg, ds_config: dict):
             print(f"[learner] DeepSpeedCPUAdam unavailable ({type(e).__name__}: {e}); using torch AdamW on CPU",
                   flush=True)
             ds_config["zero_force_ds_cpu_optimizer"] = False
-    return torch.optim.AdamW(params, lr=lc.lr, weight_decay=lc.weight_decay)
+            return torch.optim.AdamW(params, lr=lc.lr, weight_decay=lc.weight_decay)   # states go to CPU
+    # ZeRO hands the optimizer its fp32 partitions on this rank's GPU (no offload), whatever device the model was
+    # built on; fused per learner.fused_optimizer.
+    return adamw(params, lc, states_on_gpu=True)

@@ -7,15 +7,20 @@ model (RMSNorm's fp32 upcasts, SiLU * up, rotary, dtype copies); liger's kernels
 How: liger's `apply_liger_kernel_to_<family>(model=...)` for the model's `config.model_type`, with cross_entropy and
 fused_linear_cross_entropy off (the learner's log-prob path, learners/logprobs.py, needs the logits and stays ours).
 On an instance it rebinds the `forward` of the existing RMSNorm and MLP modules (their parameters are untouched, so
-ZeRO-3's partitioned parameters and hooks keep working) and replaces the family module's `apply_rotary_pos_emb`,
-which the attention forward looks up at call time; it also swaps the family's RMSNorm / MLP classes, so models built
-later in the same process (the KL reference) are built with liger's classes (same parameters, same names).
+ZeRO-3's partitioned parameters and hooks keep working). It also changes the family module for the whole process:
+its RMSNorm / MLP classes become liger's and its `apply_rotary_pos_emb` (looked up by the attention forward at call
+time) becomes liger's Triton rotary. Left like that, every model of the family built later in the process would run
+liger's kernels -- a CPU model then fails inside Triton ("Pointer argument ... cannot be accessed from Triton (cpu
+tensor?)": what the 2-rank GPU test hit when it built its CPU reference model after the learner). So after patching,
+the family's classes are put back, and `apply_rotary_pos_emb` becomes a dispatcher that takes liger's rotary only
+inside a patched model's decoder layers (a context flag their forward sets, also when gradient checkpointing
+recomputes them) on CUDA tensors, and the family's own function everywhere else. Only the patched instance changes.
 
 Modes: "none" never touches anything; "liger" patches or raises LearnerError saying why not (no CUDA, liger-kernel
 or Triton not importable, model family not supported, nothing patched); "auto" = "liger" on a CUDA device when that
 works, else the model is left exactly as it was (always on CPU: CPU behaviour never changes).
 
-Limits: patching is per process and cannot be undone (the family module keeps liger's functions); numerics are
+Limits: a patched instance cannot be unpatched; the family module keeps the rotary dispatcher; numerics are
 liger's (bf16 RMSNorm in "llama" casting mode = transformers' own order of casts). Checked on a GPU against the
 unpatched model by `python3 benchmarks/learner_mfu.py --cases liger_check`.
 
@@ -23,10 +28,14 @@ unpatched model by `python3 benchmarks/learner_mfu.py --cases liger_check`.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import inspect
+import types
+
 import torch
 
-from learners.base import LearnerError
+from learners.base import LearnerError, decoder_layers
 
 MODES = ("auto", "liger", "none")
 _LIGER_KWARGS = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
@@ -65,14 +74,77 @@ def _apply_liger(model, dev: torch.device) -> str:
     if fn is None:
         raise LearnerError(f"learner.fused_kernels=liger: liger-kernel has no kernels for model type {model_type!r}")
     params = inspect.signature(fn).parameters
-    fn(model=model, **{k: v for k, v in _LIGER_KWARGS.items() if k in params})
-    counts = patched_modules(model)
     family = inspect.getmodule(type(model))
-    rope = getattr(family, "apply_rotary_pos_emb", None) is liger_rotary_pos_emb
+    before = dict(vars(family)) if family is not None else {}
+    fn(model=model, **{k: v for k, v in _LIGER_KWARGS.items() if k in params})
+    rope = _contain_family_patch(family, before, liger_rotary_pos_emb)
+    layers = decoder_layers(model)
+    rope = rope and bool(layers)                  # the flag is set by decoder layers; none found: rotary stays plain
+    for layer in layers if rope else ():
+        _run_with_fused_rotary(layer)
+    counts = patched_modules(model)
     if not counts and not rope:
         raise LearnerError(f"learner.fused_kernels=liger: liger-kernel patched nothing in {type(model).__name__}")
     parts = [f"{k} {v}" for k, v in sorted(counts.items())] + (["rope"] if rope else [])
     return f"liger ({', '.join(parts)})"
+
+
+# Set while a patched model's decoder layer runs: the family's rotary dispatcher then takes liger's kernel.
+_FUSED_ROTARY = contextvars.ContextVar("sandbox_rl_fused_rotary", default=False)
+
+
+def _contain_family_patch(family, before: dict, liger_rope) -> bool:
+    """Undo what liger changed in the family module for other models (see the module doc): classes back to the
+    originals, the rotary function replaced by a dispatcher. Returns whether the rotary is fused for patched models."""
+    if family is None:
+        return False
+    for name, old in before.items():
+        new = getattr(family, name, old)
+        if new is old or name == "apply_rotary_pos_emb":
+            continue
+        setattr(family, name, old)                       # e.g. Qwen2RMSNorm / Qwen2MLP back to transformers' classes
+    current, prior = getattr(family, "apply_rotary_pos_emb", None), before.get("apply_rotary_pos_emb")
+    if current is None or prior is None:
+        return False
+    if getattr(prior, "_fused_rotary_dispatch", None) is not None:      # a model of the family was patched before
+        setattr(family, "apply_rotary_pos_emb", prior)
+        return True
+    if current is not liger_rope:                        # liger did not replace it: nothing to dispatch
+        return False
+    setattr(family, "apply_rotary_pos_emb", _rotary_dispatch(prior, liger_rope))
+    return True
+
+
+def _rotary_dispatch(plain, fused):
+    @functools.wraps(plain)
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if _FUSED_ROTARY.get() and q.is_cuda:
+            return fused(q, k, cos, sin, *args, **kwargs)
+        return plain(q, k, cos, sin, *args, **kwargs)
+    apply_rotary_pos_emb._fused_rotary_dispatch = (plain, fused)
+    return apply_rotary_pos_emb
+
+
+def _run_with_fused_rotary(layer) -> None:
+    """Make `layer.forward` set the fused-rotary flag while it runs (an instance attribute: module hooks, gradient
+    checkpointing's recompute and torch.compile all go through it)."""
+    if getattr(layer, "_fused_rotary_layer", False):
+        return
+    inner = layer.forward
+
+    def forward(self, *args, **kwargs):
+        token = _FUSED_ROTARY.set(True)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _FUSED_ROTARY.reset(token)
+    layer.forward = types.MethodType(forward, layer)
+    layer._fused_rotary_layer = True
+
+
+def fused_rotary_active(family) -> bool:
+    """Whether `family` (a transformers modeling module) has the rotary dispatcher installed."""
+    return getattr(getattr(family, "apply_rotary_pos_emb", None), "_fused_rotary_dispatch", None) is not None
 
 
 def patched_modules(model) -> dict[str, int]:

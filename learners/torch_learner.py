@@ -20,6 +20,16 @@ from learners.base import (Batch, LearnerBackend, LearnerError, compile_decoder_
 from learners.fused_kernels import apply_fused_kernels
 
 
+def adamw(params: list, lcfg, states_on_gpu: Optional[bool] = None) -> torch.optim.AdamW:
+    """torch AdamW over `params`; fused (one CUDA kernel per step instead of a chain of multi-tensor ops) when
+    learner.fused_optimizer is on and the tensors it will step are on a GPU (`states_on_gpu`; default: every
+    parameter is a floating-point CUDA tensor), else torch's default."""
+    if states_on_gpu is None:
+        states_on_gpu = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    fused = bool(lcfg.fused_optimizer) and states_on_gpu
+    return torch.optim.AdamW(params, lr=lcfg.lr, weight_decay=lcfg.weight_decay, **({"fused": True} if fused else {}))
+
+
 def total_optimizer_steps(cfg) -> int:
     """run.total_steps batches x algo.gradient_steps_per_batch optimizer steps each."""
     return int(cfg.run.total_steps) * int(cfg.algo.gradient_steps_per_batch)
@@ -65,8 +75,7 @@ class TorchLearner(LearnerBackend):
         self.autocast_dtype = torch.bfloat16 if cfg.learner.precision == "bf16" else None
         self.export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                              "float16": torch.float16}[cfg.model.dtype]
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                           lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
+        self.optimizer = adamw([p for p in self.model.parameters() if p.requires_grad], cfg.learner)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.warmup))
         self.model.train()
 

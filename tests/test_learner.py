@@ -300,6 +300,30 @@ def test_deepspeed_single_rank_ratio_one_train_export_resume(tmp_path):
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-3, abs=1e-6)
 
 
+def test_fused_adamw_only_where_its_tensors_are_on_a_gpu():
+    from learners.torch_learner import adamw
+    cpu = [torch.nn.Parameter(torch.ones(3))]
+    assert not adamw(cpu, make_cfg().learner).defaults.get("fused")          # CPU: torch's default AdamW
+    ln = TorchLearner(make_cfg(**{"learner.fused_optimizer": True}), device="cpu", model=tiny_model(0), pad_id=0)
+    assert not ln.optimizer.defaults.get("fused")
+
+
+@pytest.mark.gpu
+def test_fused_adamw_matches_foreach_on_gpu():
+    """learner.fused_optimizer: the fused CUDA AdamW gives the multi-tensor AdamW's update (two steps)."""
+    def trained(fused):
+        cfg = make_cfg(**{"learner.fused_optimizer": fused, "algo.gradient_steps_per_batch": 2, "learner.lr": 1e-3})
+        ln = TorchLearner(cfg, device="cuda", model=tiny_model(0), pad_id=0)
+        assert bool(ln.optimizer.defaults.get("fused")) == fused
+        m = ln.train_batch(make_samples(tiny_model(0)), 2)
+        return m["loss"], [p.detach().cpu() for p in ln.model.parameters()]
+
+    (la, pa), (lb, pb) = trained(True), trained(False)
+    assert la == pytest.approx(lb, rel=1e-4, abs=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pa, pb))
+    assert any(not torch.equal(a, b) for a, b in zip(pa, [p.detach() for p in tiny_model(0).parameters()]))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(gc):
         torch.manual_seed(0)
