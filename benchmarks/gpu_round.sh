@@ -26,10 +26,11 @@
 #   part 18 (carry .kit .benchextra, and the KernelBench level-1 task files in kb/level1 of the working tree):
 #            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 32 on 16
 #            cores: oversubscribed, all 32 candidates start at once, so ~25 builds run as one wave instead of 16 + 9;
-#            near-duplicates wait for their original's compile)
+#            near-duplicates wait for their original's compile; the light prelude with AT_PER_OPERATOR_HEADERS),
+#            then the light-header GPU test
 #   part 19 (carry .kit .benchextra): GPU tests of liger (containment, ZeRO-3 with partitioned parameters), the fused
 #            AdamW and the single-rank DeepSpeed learner, then learner MFU at micro-batch 8 with the fused AdamW
-#            (learner.fused_optimizer) and without, liger on and off
+#            (learner.fused_optimizer) and without, liger on and off; on an H200 also liger at micro-batch 16
 #     bash benchmarks/gpu_round.sh <part>
 set -u
 part=${1:?part 1-19}
@@ -164,6 +165,7 @@ case $part in
   E=${EVAL_TIMEOUT_S:-340}
   OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
     --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
+  timeout 170 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
   tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
 19)
   timeout 240 python3 -m pytest -q -m gpu tests/test_learner_fused.py tests/test_learner.py \
@@ -171,6 +173,10 @@ case $part in
   OUT=$OUT/mfu timeout ${MFU_TIMEOUT_S:-330} python3 benchmarks/learner_mfu.py --cases ds_z3 ds_z3_foreach ds_z3_liger \
     ds_z3_liger_foreach --steps 3 --micro-batches 8 --phases --profile-cases ds_z3_liger --case-timeout-s 120 \
     > "$OUT/mfu.log" 2>&1
+  if [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -gt 100000 ]; then
+    OUT=$OUT/mfu16 timeout 150 python3 benchmarks/learner_mfu.py --cases ds_z3_liger --steps 2 --samples 16 \
+      --micro-batches 16 --case-timeout-s 140 > "$OUT/mfu16.log" 2>&1     # H200: 16 x 4k tokens per micro-batch
+  fi
   tar czf "$FINAL/part19.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80

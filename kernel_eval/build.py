@@ -170,6 +170,11 @@ def _pch_include(cpp_ext: Any, bound: dict, cache_dir: str, log: Callable[[str],
 # wrappers (torch::empty etc. -> autograd variables) that differ from at:: only in requires_grad, plus Python
 # bindings, nn, jit, optim: sources that mention those are not built light (_LIGHT_SKIP). A name the prelude lacks
 # fails the light build, and the candidate is then built with its own headers (its log is the one reported).
+# AT_PER_OPERATOR_HEADERS (defined first, as PyTorch's own build defines it): ATen headers that would otherwise pull
+# in ATen/Functions.h -- every operator's declarations, ~1360 headers, e.g. through ATen/TensorOperators.h -- include
+# only the ATen/ops headers they use. The declarations are the same either way; it only decides which headers come
+# in. It took one light .cu from 38 to 24 CPU-s (nvcc 13, 2-core box: cudafe++ 14.9 -> 8.0 s, cicc 11.3 -> 7.9 s,
+# host g++ 9.0 -> 6.1 s).
 _HEAVY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](?:torch/(?:extension|torch|all|types)\.h|ATen/ATen\.h)'
                             r'[>"][^\n]*$', re.M)
 _LIGHT_SKIP = re.compile(r'py::|pybind|PYBIND11|Python\.h|requires_grad|'
@@ -183,6 +188,7 @@ _DTYPES = ("kUInt8 = at::kByte", "kInt8 = at::kChar", "kInt16 = at::kShort", "kI
            "kI64 = kInt64", "kF16 = kFloat16", "kF32 = kFloat32", "kF64 = kFloat64")
 LIGHT_PRELUDE = "\n".join([
     "// light prelude (kernel_eval.build): in place of torch/extension.h and torch/types.h",
+    "#ifndef AT_PER_OPERATOR_HEADERS", "#define AT_PER_OPERATOR_HEADERS", "#endif",
     "#include <cuda.h>", "#include <cuda_runtime.h>", "#include <ATen/core/Tensor.h>",
     "#include <ATen/TensorOperators.h>", "#include <ATen/Dispatch.h>", "#include <optional>", "{ops}",
     "namespace torch {", "using namespace at; // NOLINT", "using std::nullopt; using std::optional;",

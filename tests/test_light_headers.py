@@ -1,7 +1,8 @@
 """Light CUDA headers (kernel_eval.build): the rewrite of a candidate's .cu (umbrella includes blanked, line numbers
 kept, the ATen/ops header of every called operator in the prelude), the pre-filter that sends sources the prelude
 would change to their own headers, main.cpp identical to the normal build's (so the precompiled header and the
-host-object cache still apply), and the control flow of a build: light first, the candidate's own headers after a
+host-object cache still apply), the host half of a light source parsing with the host compiler without ATen's
+all-operator header, and the control flow of a build: light first, the candidate's own headers after a
 failed light build, whose log is the one reported. On a GPU (-m gpu): a built-in solution compiled light is accepted,
 and a source needing a header the prelude lacks falls back and is accepted.
 
@@ -58,6 +59,42 @@ def test_rewrite_blanks_umbrella_includes_keeps_lines_and_adds_called_ops():
 def test_sources_whose_meaning_the_prelude_would_change_use_their_own_headers(snippet):
     assert build.light_cuda_sources([SRC + snippet + "\n"]) is None
     assert build.light_call({"cuda_sources": SRC + snippet, "cpp_sources": "int f();"}) is None
+
+
+HOST_SRC = r"""#include <torch/extension.h>
+torch::Tensor f(torch::Tensor x, torch::Tensor y) {
+    TORCH_CHECK(x.sizes() == y.sizes(), "shapes differ");
+    auto w = x * 2.0 - y / 3 + (-x);
+    auto out = torch::zeros_like(x);
+    auto e = torch::empty({x.size(0), 4}, x.options().dtype(torch::kFloat32));
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "f", [&] { out.fill_(scalar_t(1)); });
+    return torch::relu(w) + at::sigmoid(out) + torch::matmul(x, y.t()).sum() + e.sum();
+}
+"""
+
+
+def test_light_prelude_declares_what_host_code_uses_without_every_operator():
+    """The host half of a light .cu parses with the host compiler (tensor operators, factories, the dispatch macro,
+    the called operators), and AT_PER_OPERATOR_HEADERS keeps ATen/Functions.h (all operators) out of it."""
+    import subprocess
+    import torch.utils.cpp_extension as cpp_ext
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    light = build.light_cuda_sources([HOST_SRC])
+    assert light[0].index("#define AT_PER_OPERATOR_HEADERS") < light[0].index("#include")
+    text = "\n".join(light).replace("#include <cuda.h>", "").replace("#include <cuda_runtime.h>", "")
+    inc = [f"-I{d}" for d in cpp_ext.include_paths() if os.path.isdir(d)]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "host.cpp")
+        with open(path, "w") as fh:
+            fh.write(text)
+        r = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-w", "-H", *inc, path], capture_output=True,
+                           text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    headers = [ln.lstrip(". ") for ln in r.stderr.splitlines() if ln.startswith(".")]
+    assert any(h.endswith("ATen/ops/matmul.h") for h in headers)
+    assert not any(h.endswith("ATen/Functions.h") for h in headers)
 
 
 def test_only_cuda_builds_that_keep_implicit_headers_are_built_light():
