@@ -26,6 +26,7 @@ Limits: one engine per actor; a cancelled request is aborted in the engine only 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import time
@@ -173,12 +174,36 @@ class RolloutWorker:
         import ray
         if isinstance(state_or_ref, list) and len(state_or_ref) == 1 and isinstance(state_or_ref[0], ray.ObjectRef):
             state_or_ref = state_or_ref[0]
-        if isinstance(state_or_ref, ray.ObjectRef):
-            state_or_ref = await asyncio.wait_for(state_or_ref, self.get_timeout_s)
-        if not isinstance(state_or_ref, dict):
+        if not isinstance(state_or_ref, ray.ObjectRef):
+            self._check_state(state_or_ref)
+            return await self._driver.call(self._load, state_or_ref, version)
+        # The load takes its place in the engine's queue now, before the fetch yields to the event loop: a request
+        # that reaches the worker after this update then waits for it (it would otherwise be admitted during the
+        # fetch and run under the old weights). The fetch overlaps the drain; the engine thread waits for whatever
+        # of it is left once the turns in flight have finished.
+        fetched: concurrent.futures.Future = concurrent.futures.Future()
+
+        async def fetch(ref=state_or_ref) -> None:
+            try:
+                fetched.set_result(await asyncio.wait_for(ref, self.get_timeout_s))
+            except BaseException as e:             # noqa: BLE001 -- handed to the engine thread, raised there
+                fetched.set_exception(e)
+
+        def load() -> int:
+            state = fetched.result(timeout=self.get_timeout_s + 5)
+            self._check_state(state)
+            return self._load(state, version)
+
+        task = asyncio.ensure_future(fetch())
+        try:
+            return await self._driver.call(load)
+        finally:
+            task.cancel()
+
+    def _check_state(self, state: Any) -> None:
+        if not isinstance(state, dict):
             raise TypeError(f"{self.name}.update_weights: expected a state dict or an ObjectRef to one, "
-                            f"got {type(state_or_ref).__name__}")
-        return await self._driver.call(self._load, state_or_ref, version)
+                            f"got {type(state).__name__}")
 
     def _load(self, state: dict, version: int) -> int:
         t = time.perf_counter()

@@ -141,6 +141,20 @@ def test_weight_update_bumps_version_and_syncs_logprobs(ray_local, worker, cfg):
     ray_local.get(worker.generate.remote([[1, 2]], SamplingParams(max_new_tokens=2)), timeout=TIMEOUT_S)
     assert time.time() - t < 30
 
+    # weights still being produced when the update arrives: a turn sent right after the update waits for it (it
+    # used to start during the fetch and run under the old weights), and a ref to anything else is refused
+    def state_after(weights: dict, seconds: float) -> dict:      # nested: shipped by value to the Ray worker
+        time.sleep(seconds)
+        return weights
+    slow = ray_local.remote(state_after).remote(state, 1.5)
+    update = worker.update_weights.remote([slow], 6)
+    late = worker.generate_turn.remote(request(2))
+    assert ray_local.get(update, timeout=TIMEOUT_S) == 6
+    assert ray_local.get(late, timeout=TIMEOUT_S).weight_version == 6
+    with pytest.raises(Exception, match="state dict"):
+        ray_local.get(worker.update_weights.remote([ray_local.put("not weights")], 7), timeout=TIMEOUT_S)
+    assert ray_local.get(worker.generate_turn.remote(request(3)), timeout=TIMEOUT_S).weight_version == 6
+
 
 def test_streaming_worker_update_waits_for_turns_in_flight(ray_local, cfg):
     """Continuous-batching path (hf streaming engine): turns in flight when an update arrives finish under the old
