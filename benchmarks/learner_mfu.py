@@ -82,7 +82,8 @@ CASES = {
     "ds_z3_compile": dict(backend="deepspeed", gc=False, offload=False, compile_layers=True),
     "torch_compile": dict(backend="torch", gc=False, offload=False, compile_layers=True),
     "ds_z2": dict(backend="deepspeed", gc=False, offload=False, zero_stage=2),
-    # torch's multi-tensor AdamW instead of the fused one (learner.fused_optimizer=false; the default before 2026-12-07)
+    # torch's multi-tensor AdamW instead of the fused one (learner.fused_optimizer=false, the learner's default);
+    # every other case here runs the fused one
     "ds_z3_foreach": dict(backend="deepspeed", gc=False, offload=False, fused_optimizer=False),
     "ds_z3_liger_foreach": dict(backend="deepspeed", gc=False, offload=False, fused="liger", fused_optimizer=False),
 }

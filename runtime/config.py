@@ -154,9 +154,10 @@ class LearnerConfig:
     gradient_checkpointing: bool = f(False, "recompute activations in backward")
     precision: Literal["fp32", "bf16"] = f("fp32", "torch backend precision (bf16: bf16 autocast, fp32 master "
                                                    "weights); the deepspeed backend always computes in bf16")
-    fused_optimizer: bool = f(True, "torch AdamW's fused CUDA kernel (one pass over parameters, gradients and both "
-                                    "moments per step) when the optimizer's tensors are on a GPU; off: torch's "
-                                    "multi-tensor (foreach) AdamW. No effect on CPU or with offload_optimizer")
+    fused_optimizer: bool = f(False, "torch AdamW's fused CUDA kernel (one pass over parameters, gradients and both "
+                                     "moments per step) when the optimizer's tensors are on a GPU; off: torch's "
+                                     "multi-tensor (foreach) AdamW. No effect on CPU or with offload_optimizer. Off "
+                                     "by default until measured with DeepSpeed on a GPU (benchmarks/README.md)")
     fused_kernels: Literal["auto", "liger", "none"] = f(
         "none", "fused model kernels (RMSNorm, SwiGLU MLP, rotary) in the learner's model: liger = liger-kernel's "
                 "Triton kernels (CUDA only; an error names why when they cannot be applied); auto = liger on a CUDA "

@@ -179,7 +179,7 @@ def test_models_built_after_patching_run_plain():
 @pytest.mark.gpu
 def test_deepspeed_liger_with_partitioned_parameters_one_rank():
     """ZeRO-3 with every parameter partitioned and gathered per pass (persistence threshold 0: what several ranks
-    do, on one GPU) and liger's kernels: ratio 1 before the first update, two optimizer steps, and a CPU model built
+    do, on one GPU), liger's kernels and the fused AdamW: ratio 1 before the first update, two optimizer steps, and a CPU model built
     afterwards in the same process (as the 2-rank test does) still runs."""
     pytest.importorskip("deepspeed")
     pytest.importorskip("liger_kernel")
@@ -192,7 +192,8 @@ def test_deepspeed_liger_with_partitioned_parameters_one_rank():
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0"})
     cfg = make_cfg(**{"learner.backend": "deepspeed", "learner.gpus_per_rank": 1, "learner.zero_stage": 3,
-                      "learner.fused_kernels": "liger", "algo.gradient_steps_per_batch": 2, "learner.lr": 1e-3})
+                      "learner.fused_kernels": "liger", "algo.gradient_steps_per_batch": 2, "learner.lr": 1e-3,
+                      "learner.fused_optimizer": True})
     ds = DeepSpeedLearner(cfg, model_factory=lambda: tiny_model(0), pad_id=0,
                           zero_overrides={"stage3_param_persistence_threshold": 0})
     assert ds.fused_kernels.startswith("liger") and "rope" in ds.fused_kernels
@@ -202,3 +203,4 @@ def test_deepspeed_liger_with_partitioned_parameters_one_rank():
     assert max(abs(x - y) for s, lp in zip(samples, lps) for x, y in zip(s.sampling_logprobs, lp)) < 5e-2
     m = ds.train_batch(samples, 2)
     assert ds.step == 2 and m["grad_norm"] > 0 and m["fused_kernels_liger"] == 1.0
+    assert ds.engine.optimizer.optimizer.defaults.get("fused")                # torch's fused AdamW under ZeRO-3
