@@ -104,6 +104,9 @@ def main() -> int:
                                                         "(-1: all)")
     ap.add_argument("--extra-include", action="append", default=[], help="extra include directory (repeatable)")
     ap.add_argument("--only", nargs="*", help="labels to check (default: all)")
+    ap.add_argument("--all-operators", action="store_true",
+                    help="also compile each light source without AT_PER_OPERATOR_HEADERS (the prelude before "
+                         "2026-12-07: ATen/TensorOperators.h then pulls in every operator's header)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
     srcs = [s for s in sources() if not args.only or s[0] in args.only]
@@ -111,6 +114,8 @@ def main() -> int:
     for i, (label, text) in enumerate(srcs):
         light = light_cuda_sources([text])
         jobs.append((label, "light", "\n".join(light) if light else None))
+        if args.all_operators and light:
+            jobs.append((label, "allops", "\n".join(light).replace("#define AT_PER_OPERATOR_HEADERS\n", "", 1)))
         if args.full < 0 or i < args.full:
             full = "#include <torch/types.h>\n#include <cuda.h>\n#include <cuda_runtime.h>\n" + text
             jobs.append((label, "full", full))
@@ -126,7 +131,7 @@ def main() -> int:
             label, kind = futs[f]
             rows[label][kind] = f.result()
             r = rows[label][kind]
-            print(f"{label:28s} {kind:5s} {'ok' if r['ok'] else 'FAILED'} {r.get('cpu_s', '-')} CPU-s", flush=True)
+            print(f"{label:28s} {kind:6s} {'ok' if r['ok'] else 'FAILED'} {r.get('cpu_s', '-')} CPU-s", flush=True)
     total = round(time.monotonic() - t0, 1)
     ok = [r for r in rows.values() if r.get("light", {}).get("ok")]
     both = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("full", {}).get("ok")]
@@ -134,11 +139,18 @@ def main() -> int:
                "light_cpu_s_mean": round(sum(r["light"]["cpu_s"] for r in ok) / max(1, len(ok)), 1),
                "full_vs_light_cpu_ratio": round(sum(r["full"]["cpu_s"] for r in both) /
                                                 max(1e-9, sum(r["light"]["cpu_s"] for r in both)), 2) if both else None}
-    lines = ["| source | light | light CPU-s | full CPU-s |", "|---|---|---|---|"]
+    pairs = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("allops", {}).get("ok")]
+    if pairs:
+        summary["allops_vs_light_cpu_ratio"] = round(sum(r["allops"]["cpu_s"] for r in pairs) /
+                                                     max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
+
+    def cell(x: dict) -> str:
+        return str(x.get("cpu_s", "-")) if x.get("ok") else ("-" if not x else "FAILED")
+    lines = ["| source | light | light CPU-s | light, every operator CPU-s | full CPU-s |", "|---|---|---|---|---|"]
     for r in rows.values():
-        li, fu = r.get("light", {}), r.get("full", {})
-        lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | "
-                     f"{fu.get('cpu_s', '-') if fu.get('ok') else ('-' if not fu else 'FAILED')} |")
+        li, fu, al = r.get("light", {}), r.get("full", {}), r.get("allops", {})
+        lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | {cell(al)} | "
+                     f"{cell(fu)} |")
     lines.append(f"\n{summary}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "light_headers_check.json"), "w") as fh:

@@ -162,8 +162,9 @@ class LearnerConfig:
         "none", "fused model kernels (RMSNorm, SwiGLU MLP, rotary) in the learner's model: liger = liger-kernel's "
                 "Triton kernels (CUDA only; an error names why when they cannot be applied); auto = liger on a CUDA "
                 "device when liger-kernel imports and supports the model, else none; none = the model as built. "
-                "Default none: with 2 ZeRO-3 ranks liger's RMSNorm failed on an H200 (a tensor Triton could not "
-                "access); at 1 rank it lifted MFU from 24.4% to 29.2% at micro-batch 8 (benchmarks/README.md)")
+                "Default none until the GPU tests of the contained patch have run (the 2-rank failure on an H200 was "
+                "a CPU model the test built after the patch; learners/fused_kernels.py); at 1 rank it lifted MFU "
+                "from 24.4% to 29.2% at micro-batch 8 (benchmarks/README.md)")
 
 
 @dataclass
