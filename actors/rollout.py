@@ -26,7 +26,6 @@ Limits: one engine per actor; a cancelled request is aborted in the engine only 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import re
 import time
@@ -177,28 +176,17 @@ class RolloutWorker:
         if not isinstance(state_or_ref, ray.ObjectRef):
             self._check_state(state_or_ref)
             return await self._driver.call(self._load, state_or_ref, version)
-        # The load takes its place in the engine's queue now, before the fetch yields to the event loop: a request
-        # that reaches the worker after this update then waits for it (it would otherwise be admitted during the
-        # fetch and run under the old weights). The fetch overlaps the drain; the engine thread waits for whatever
-        # of it is left once the turns in flight have finished.
-        fetched: concurrent.futures.Future = concurrent.futures.Future()
-
-        async def fetch(ref=state_or_ref) -> None:
-            try:
-                fetched.set_result(await asyncio.wait_for(ref, self.get_timeout_s))
-            except BaseException as e:             # noqa: BLE001 -- handed to the engine thread, raised there
-                fetched.set_exception(e)
+        # The load takes its place in the engine's queue before anything awaits: a request that reaches the worker
+        # after this update then waits for it (awaiting the fetch first let such a request start meanwhile and run
+        # under the old weights). The fetch overlaps the drain; the engine thread waits for what is left of it.
+        fetched = state_or_ref.future()                   # concurrent.futures.Future, completed by Ray
 
         def load() -> int:
-            state = fetched.result(timeout=self.get_timeout_s + 5)
+            state = fetched.result(timeout=self.get_timeout_s)
             self._check_state(state)
             return self._load(state, version)
 
-        task = asyncio.ensure_future(fetch())
-        try:
-            return await self._driver.call(load)
-        finally:
-            task.cancel()
+        return await self._driver.call(load)
 
     def _check_state(self, state: Any) -> None:
         if not isinstance(state, dict):

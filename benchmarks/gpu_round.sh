@@ -32,15 +32,16 @@
 #            AdamW and the single-rank DeepSpeed learner, then learner MFU at micro-batch 8 with the fused AdamW
 #            (learner.fused_optimizer) and without, liger on and off; on an H200 also liger at micro-batch 16
 #   parts 18 + 19 in one call (device time short; ~7 min):
-#     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 bash benchmarks/gpu_round.sh 18; TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 \
-#       MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 MFU_PROFILE= MFU16=0 bash benchmarks/gpu_round.sh 19
+#     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 bash benchmarks/gpu_round.sh 18
+#     TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 \
+#       MFU_PROFILE= MFU16=0 bash benchmarks/gpu_round.sh 19
 #     bash benchmarks/gpu_round.sh <part>
 set -u
 part=${1:?part 1-19}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-if [ "$part" != 1 ] && [ "$part" != 6 ] && [ "$part" != 9 ] && [ "$part" != 12 ] && [ "$part" != 15 ] && [ "$part" != 18 ] && [ "$part" != 19 ]; then source .vllmkit/activate.sh || exit 1; fi
+case $part in 1|6|9|12|15|18|19) ;; *) source .vllmkit/activate.sh || exit 1 ;; esac   # parts that run vLLM
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi

@@ -366,14 +366,10 @@ def test_push_weights_names_a_checkpoint_that_does_not_fit(replay, tmp_path):
 def test_deepspeed_checkpoint_loads_as_full_weights(tmp_path):
     """A DeepSpeed (ZeRO-3) learner checkpoint as `launch.py train` writes it gives the learner's full weights."""
     pytest.importorskip("deepspeed")
-    import socket
     from learners.deepspeed_learner import DeepSpeedLearner
+    from test_learner import single_rank_env
     from test_learning_check import tiny_model
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"})
+    single_rank_env()
     cfg = load_config(None, ["learner.backend=deepspeed", "learner.gpus_per_rank=1", "learner.zero_stage=3",
                              "learner.precision=bf16", "model.dtype=bfloat16"])
     ds = DeepSpeedLearner(cfg, model_factory=lambda: tiny_model(0), pad_id=0)

@@ -274,12 +274,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def single_rank_env() -> None:
+    """The environment of a DeepSpeed world of one in this process (env rendezvous on a free local port)."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                       "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+
+
 @pytest.mark.gpu
 def test_deepspeed_single_rank_ratio_one_train_export_resume(tmp_path):
     pytest.importorskip("deepspeed")
     from learners.deepspeed_learner import DeepSpeedLearner
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    single_rank_env()
     cfg = make_cfg(**{"learner.backend": "deepspeed", "learner.gpus_per_rank": 1, "learner.zero_stage": 3,
                       "learner.precision": "bf16", "algo.gradient_steps_per_batch": 2, "learner.lr": 1e-3})
     ds = DeepSpeedLearner(cfg, model_factory=lambda: tiny_model(0), pad_id=0)

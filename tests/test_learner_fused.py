@@ -21,7 +21,7 @@ from learners import fused_kernels as fk
 from learners.fused_kernels import apply_fused_kernels, patched_modules
 from learners.torch_learner import TorchLearner
 from runtime.config import ConfigError
-from test_learner import make_cfg, make_samples
+from test_learner import make_cfg, make_samples, single_rank_env
 from test_learning_check import tiny_model
 
 
@@ -179,18 +179,12 @@ def test_models_built_after_patching_run_plain():
 @pytest.mark.gpu
 def test_deepspeed_liger_with_partitioned_parameters_one_rank():
     """ZeRO-3 with every parameter partitioned and gathered per pass (persistence threshold 0: what several ranks
-    do, on one GPU), liger's kernels and the fused AdamW: ratio 1 before the first update, two optimizer steps, and a CPU model built
-    afterwards in the same process (as the 2-rank test does) still runs."""
+    do, on one GPU), liger's kernels and the fused AdamW: ratio 1 before the first update, two optimizer steps, and
+    a CPU model built afterwards in the same process (as the 2-rank test does) still runs."""
     pytest.importorskip("deepspeed")
     pytest.importorskip("liger_kernel")
-    import os
-    import socket
     from learners.deepspeed_learner import DeepSpeedLearner
-    with socket.socket() as sk:
-        sk.bind(("", 0))
-        port = sk.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"})
+    single_rank_env()
     cfg = make_cfg(**{"learner.backend": "deepspeed", "learner.gpus_per_rank": 1, "learner.zero_stage": 3,
                       "learner.fused_kernels": "liger", "algo.gradient_steps_per_batch": 2, "learner.lr": 1e-3,
                       "learner.fused_optimizer": True})
