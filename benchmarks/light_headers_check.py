@@ -3,8 +3,9 @@
 For each built-in CUDA solution (kernel_eval/builtin/*/solution_cuda.py), the KernelBench-style candidates that
 benchmarks/eval_throughput.py generates, and a few extra probes: the object compile of its .cu (`nvcc -c`, the
 flags torch's extension build uses: -O3 as the candidates ask, sm_90 by default) with the light prelude of
-`kernel_eval.build.light_cuda_sources`, and (for the first --full sources, or all with --full -1) with the headers
-load_inline would use. CPU seconds are the compiler processes' user+sys (os.wait4). A source that does not
+`kernel_eval.build.light_cuda_sources` and the light include directory first on the include path
+(`kernel_eval.build.light_include_dir`, written under --out), and (for the first --full sources, or all with --full
+-1) with the headers load_inline would use. `--without-include-dir` and `--all-operators` add A/B rows. CPU seconds are the compiler processes' user+sys (os.wait4). A source that does not
 compile light is what the evaluator would then rebuild with its own headers (a fallback costs the light attempt).
 
     python benchmarks/light_headers_check.py --jobs 16                  # GPU machine (torch is a CUDA build)
@@ -73,22 +74,23 @@ def sources() -> list:
     return texts
 
 
-def nvcc_cmd(src: str, obj: str, extra: list) -> list:
+def nvcc_cmd(src: str, obj: str, extra: list, light_include: str = "") -> list:
     import torch.utils.cpp_extension as cpp_ext
-    inc = [f"-I{d}" for d in extra + cpp_ext.include_paths() + [sysconfig.get_paths()["include"]]]
+    first = [light_include] if light_include else []         # first, as the evaluator's light build puts it
+    inc = [f"-I{d}" for d in first + extra + cpp_ext.include_paths() + [sysconfig.get_paths()["include"]]]
     arch = os.environ.get("LIGHT_CHECK_GENCODE", "arch=compute_90,code=sm_90")
     return (["nvcc", "-c", src, "-o", obj, "-DTORCH_EXTENSION_NAME=light_check", "-DTORCH_API_INCLUDE_EXTENSION_H",
              "-D_GLIBCXX_USE_CXX11_ABI=1"] + inc + cpp_ext.COMMON_NVCC_FLAGS +
             [f"-gencode={arch}", "--compiler-options", "'-fPIC'", "-O3", "-std=c++20", "-w"])
 
 
-def compile_one(text: str, extra: list) -> dict:
+def compile_one(text: str, extra: list, light_include: str = "") -> dict:
     with tempfile.TemporaryDirectory(prefix="lightchk-") as d:
         src, obj = os.path.join(d, "cuda.cu"), os.path.join(d, "cuda.o")
         with open(src, "w") as fh:
             fh.write(text)
         t0 = time.monotonic()
-        p = subprocess.Popen(nvcc_cmd(src, obj, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(nvcc_cmd(src, obj, extra, light_include), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out = p.stdout.read()
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -97,7 +99,7 @@ def compile_one(text: str, extra: list) -> dict:
 
 
 def main() -> int:
-    from kernel_eval.build import light_cuda_sources
+    from kernel_eval.build import light_cuda_sources, light_include_dir
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--full", type=int, default=3, help="also compile the first N sources with the full headers "
@@ -107,8 +109,13 @@ def main() -> int:
     ap.add_argument("--all-operators", action="store_true",
                     help="also compile each light source without AT_PER_OPERATOR_HEADERS (the prelude before "
                          "2026-12-07: ATen/TensorOperators.h then pulls in every operator's header)")
+    ap.add_argument("--without-include-dir", action="store_true",
+                    help="also compile each light source without the light include directory (the operator headers "
+                         "with ATen/Context.h and ATen/DeviceGuard.h, as before 2026-12-08)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    inc_dir = light_include_dir(os.path.abspath(args.out)) or ""
     srcs = [s for s in sources() if not args.only or s[0] in args.only]
     jobs = []
     for i, (label, text) in enumerate(srcs):
@@ -116,13 +123,16 @@ def main() -> int:
         jobs.append((label, "light", "\n".join(light) if light else None))
         if args.all_operators and light:
             jobs.append((label, "allops", "\n".join(light).replace("#define AT_PER_OPERATOR_HEADERS\n", "", 1)))
+        if args.without_include_dir and light:
+            jobs.append((label, "noinc", "\n".join(light)))
         if args.full < 0 or i < args.full:
             full = "#include <torch/types.h>\n#include <cuda.h>\n#include <cuda_runtime.h>\n" + text
             jobs.append((label, "full", full))
     rows: dict = {label: {"label": label} for label, _ in srcs}
     t0 = time.monotonic()
     with cf.ThreadPoolExecutor(args.jobs) as ex:
-        futs = {ex.submit(compile_one, text, args.extra_include): (label, kind)
+        futs = {ex.submit(compile_one, text, args.extra_include, inc_dir if kind in ("light", "allops") else ""):
+                (label, kind)
                 for label, kind, text in jobs if text is not None}
         for label, kind, text in jobs:
             if text is None:
@@ -144,13 +154,20 @@ def main() -> int:
         summary["allops_vs_light_cpu_ratio"] = round(sum(r["allops"]["cpu_s"] for r in pairs) /
                                                      max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
 
+    pairs = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("noinc", {}).get("ok")]
+    if pairs:
+        summary["without_include_dir_vs_light_cpu_ratio"] = round(
+            sum(r["noinc"]["cpu_s"] for r in pairs) / max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
+    summary["light_include_dir"] = bool(inc_dir)
+
     def cell(x: dict) -> str:
         return str(x.get("cpu_s", "-")) if x.get("ok") else ("-" if not x else "FAILED")
-    lines = ["| source | light | light CPU-s | light, every operator CPU-s | full CPU-s |", "|---|---|---|---|---|"]
+    lines = ["| source | light | light CPU-s | light, no include dir CPU-s | light, every operator CPU-s | "
+             "full CPU-s |", "|---|---|---|---|---|---|"]
     for r in rows.values():
-        li, fu, al = r.get("light", {}), r.get("full", {}), r.get("allops", {})
-        lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | {cell(al)} | "
-                     f"{cell(fu)} |")
+        li, fu, al, ni = r.get("light", {}), r.get("full", {}), r.get("allops", {}), r.get("noinc", {})
+        lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | {cell(ni)} | "
+                     f"{cell(al)} | {cell(fu)} |")
     lines.append(f"\n{summary}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "light_headers_check.json"), "w") as fh:

@@ -23,10 +23,11 @@ Cheaper builds, each still one extension per candidate compiled from the candida
   load_inline reported right after building them.
 - Light CUDA headers (evaluator.light_cuda_headers, default on): a candidate's .cu is first compiled against a
   light prelude (ATen's Tensor, operators and dispatch macros, the ATen/ops header of every operator it calls,
-  torch:: names as torch/types.h defines them) instead of torch/extension.h + torch/types.h: ~25-30 instead of ~110
-  nvcc CPU-s per .cu. Sources using Python bindings, autograd, nn, jit or requires_grad skip it; a light build that
-  fails is rebuilt with the candidate's own headers, whose log is what the candidate sees. Why the program is the
-  same: see "light CUDA headers" below. `python benchmarks/light_headers_check.py` compiles every built-in solution
+  torch:: names as torch/types.h defines them) instead of torch/extension.h + torch/types.h, with a light include
+  directory first on its include path (copies of the operator headers and of ATen/cuda/CUDAContext.h without the
+  global context they do not use): ~20-25 instead of ~110 nvcc CPU-s per .cu. Sources using Python bindings,
+  autograd, nn, jit or requires_grad skip it; a light build that fails is rebuilt with the candidate's own headers,
+  whose log is what the candidate sees. Why the program is the same: see "light CUDA headers" below. `python benchmarks/light_headers_check.py` compiles every built-in solution
   both ways.
 - One build per extension at a time: a compile process that is about to build extension key K takes an exclusive
   lock on <cache>/building/K.lock and holds it until it exits (compile processes are single-use); another one that
@@ -175,6 +176,15 @@ def _pch_include(cpp_ext: Any, bound: dict, cache_dir: str, log: Callable[[str],
 # only the ATen/ops headers they use. The declarations are the same either way; it only decides which headers come
 # in. It took one light .cu from 38 to 24 CPU-s (nvcc 13, 2-core box: cudafe++ 14.9 -> 8.0 s, cicc 11.3 -> 7.9 s,
 # host g++ 9.0 -> 6.1 s).
+# Light include directory (light_include_dir, first on the .cu's include path): every generated ATen/ops/X.h (and
+# ATen/TensorOperators.h through ATen/ops/empty_like.h) includes ATen/Context.h and ATen/DeviceGuard.h, which the
+# operator's inline wrappers do not use -- the global context with every backend's hooks interface, ~1.9 MB of
+# preprocessed text on top of ATen/core/Tensor.h's 4 MB. So do ATen/cuda/CUDAContext.h (which nearly every
+# KernelBench kernel includes for getCurrentCUDAStream) and ATen/cuda/Exceptions.h. The directory holds copies of
+# those headers without these two includes, same declarations otherwise, so the first header that needs them is
+# never parsed: one KernelBench-style .cu 38.7 -> 23.3 CPU-s (2-core box, nvcc 13). A source that names something
+# they declare (at::globalContext, at::device_of, ..., _NEEDS_CONTEXT / _NEEDS_DEVICE_GUARD) gets them back through
+# the prelude; any other use fails the light build, which falls back as above.
 _HEAVY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](?:torch/(?:extension|torch|all|types)\.h|ATen/ATen\.h)'
                             r'[>"][^\n]*$', re.M)
 _LIGHT_SKIP = re.compile(r'py::|pybind|PYBIND11|Python\.h|requires_grad|'
@@ -202,6 +212,19 @@ def _ops_dirs() -> tuple:
                  if os.path.isdir(os.path.join(d, "ATen", "ops")))
 
 
+# Names declared by the two headers the light include directory leaves out (see above); a source naming one gets the
+# header back in its prelude. Over-matching costs only parse time.
+_NEEDS_CONTEXT = re.compile(
+    r'\b(?:globalContext|Context|getCPUAllocator|DeprecatedTypeProperties|getDeprecatedTypeProperties|getNumGPUs|'
+    r'has(?:CUDA|MTIA|HIP|IPU|XLA|MPS|MAIA|XPU|HPU|OpenMP|MKL|KleidiAI|LAPACK|EigenSparse|MAGMA|MKLDNN|CuDNN|'
+    r'CuSOLVER|CuBLASLt|ROCM)|manual_seed|NoTF32Guard|ROCmBackwardPassGuard|getNVRTC|AT_CUDA_DRIVER_CHECK|'
+    r'AT_CUDA_NVRTC_CHECK|CPUGeneratorImpl|getDefaultCPUGenerator|get\w*Hooks|(?:CPU|CUDA|HIP|MPS)\s*\(|'
+    r'type\s*\(\s*\))')
+_NEEDS_DEVICE_GUARD = re.compile(r'\b(?:device_of|DeviceGuard|OptionalDeviceGuard)\b')
+LIGHT_INCLUDE_FORMAT = 2    # bump when light_include_dir writes different headers
+_LEFT_OUT = re.compile(r'^[ \t]*#[ \t]*include[ \t]*<ATen/(?:Context|DeviceGuard)\.h>[^\n]*\n', re.M)
+
+
 def light_cuda_sources(cuda_sources: list, ops_dirs: Optional[tuple] = None) -> Optional[list]:
     """The cuda sources of a light build (see above), or None when the source must be built with its own headers.
     Included torch/ATen umbrella headers become empty lines (line numbers kept); the prelude comes first."""
@@ -211,25 +234,85 @@ def light_cuda_sources(cuda_sources: list, ops_dirs: Optional[tuple] = None) -> 
     dirs = _ops_dirs() if ops_dirs is None else ops_dirs
     names = sorted(set(_CALLED.findall(text)) | set(_QUALIFIED.findall(text)))
     ops = [n for n in names if any(os.path.isfile(os.path.join(d, n + ".h")) for d in dirs)]
-    prelude = LIGHT_PRELUDE.replace("{ops}", "\n".join(f"#include <ATen/ops/{n}.h>" for n in ops))
+    extra = (["ATen/Context.h"] if _NEEDS_CONTEXT.search(text) else []) + \
+            (["ATen/DeviceGuard.h"] if _NEEDS_DEVICE_GUARD.search(text) else [])
+    prelude = LIGHT_PRELUDE.replace("{ops}", "\n".join(f"#include <{h}>" for h in
+                                                       extra + [f"ATen/ops/{n}.h" for n in ops]))
     return [prelude] + [_HEAVY_INCLUDE.sub("", src) for src in cuda_sources]
+
+
+def _light_headers_to_copy() -> list:
+    """[(path relative to the include root, its text without the left-out includes)] for light_include_dir."""
+    import torch.utils.cpp_extension as cpp_ext
+    out = []
+    for root in cpp_ext.include_paths():
+        ops = os.path.join(root, "ATen", "ops")
+        if not os.path.isdir(ops):
+            continue
+        listing = set(os.listdir(ops))
+        for f in sorted(listing):
+            if not f.endswith(".h") or f[:-2] + "_ops.h" not in listing:     # X.h beside X_ops.h: at::X itself
+                continue
+            with open(os.path.join(ops, f)) as fh:
+                text = fh.read()
+            if "from Function.h" in text[:2000]:            # the at::X wrappers torchgen writes from Function.h
+                if "ITensorListRef" in text or "IListRef" in text:      # at::cat: DeviceGuard.h brought it in
+                    text = text.replace("#include <ATen/DeviceGuard.h>", "#include <ATen/core/IListRef.h>")
+                out.append((os.path.join("ATen", "ops", f), _LEFT_OUT.sub("", text)))
+        for rel in (("ATen", "cuda", "CUDAContext.h"), ("ATen", "cuda", "Exceptions.h")):
+            path = os.path.join(root, *rel)
+            if os.path.isfile(path):
+                with open(path) as fh:
+                    out.append((os.path.join(*rel), _LEFT_OUT.sub("", fh.read())))
+        if out:
+            return out
+    return out
+
+
+def light_include_dir(cache_dir: str) -> Optional[str]:
+    """The light include directory for this torch install (see above), written once into the build cache (atomic
+    rename; concurrent writers keep the first), or None when torch's headers have no per-operator layout."""
+    import torch
+    import torch.utils.cpp_extension as cpp_ext
+    tag = hashlib.sha256(json.dumps([LIGHT_INCLUDE_FORMAT, torch.__version__, cpp_ext.include_paths()])
+                         .encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, "light-include", tag)
+    if os.path.isfile(os.path.join(path, ".complete")):
+        return path
+    files = _light_headers_to_copy()
+    if not files:
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f"{tag}.tmp-", dir=os.path.dirname(path))
+    try:
+        for rel, text in files:
+            os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+            with open(os.path.join(tmp, rel), "w") as fh:
+                fh.write(text)
+        open(os.path.join(tmp, ".complete"), "w").close()
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)               # another process published it first
+    return path if os.path.isfile(os.path.join(path, ".complete")) else None
 
 
 def _as_list(v: Any) -> list:
     return [v] if isinstance(v, str) else list(v or [])
 
 
-def light_call(call: dict) -> Optional[dict]:
+def light_call(call: dict, include_dir: Optional[str] = None) -> Optional[dict]:
     """load_inline arguments of the light build of `call`, or None (not a CUDA build, the candidate controls its
     implicit headers itself, or the pre-filter). main.cpp is byte-identical to the normal build's (load_inline puts
-    the same include in front of cpp_sources), so the precompiled header and the host-object cache still apply."""
+    the same include in front of cpp_sources), so the precompiled header and the host-object cache still apply.
+    `include_dir` (light_include_dir) goes first on the .cu's include path only."""
     cuda = _as_list(call.get("cuda_sources"))
     if not cuda or call.get("no_implicit_headers"):
         return None
     light = light_cuda_sources(cuda)
     if light is None:
         return None
-    return dict(call, no_implicit_headers=True, cuda_sources=light,
+    flags = ([f"-I{shlex.quote(include_dir)}"] if include_dir else []) + _as_list(call.get("extra_cuda_cflags"))
+    return dict(call, no_implicit_headers=True, cuda_sources=light, extra_cuda_cflags=flags,
                 cpp_sources=["#include <torch/extension.h>"] + _as_list(call.get("cpp_sources")))
 
 
@@ -415,7 +498,9 @@ def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Calla
         if object_cache:
             cpp_ext._run_ninja_build = _make_ninja_runner(real_ninja, cache_dir, report, logs.append)
         t0 = time.monotonic()
-        light = light_call(call) if light_headers else None
+        light = None
+        if light_headers and call.get("cuda_sources"):
+            light = light_call(call, light_include_dir(cache_dir))
         used_light = fallback = False
         try:
             if light is not None:

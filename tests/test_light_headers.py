@@ -2,8 +2,8 @@
 kept, the ATen/ops header of every called operator in the prelude), the pre-filter that sends sources the prelude
 would change to their own headers, main.cpp identical to the normal build's (so the precompiled header and the
 host-object cache still apply), the host half of a light source parsing with the host compiler without ATen's
-all-operator header, and the control flow of a build: light first, the candidate's own headers after a
-failed light build, whose log is the one reported. On a GPU (-m gpu): a built-in solution compiled light is accepted,
+all-operator header and (with the light include directory) without ATen's global context, and the control flow of
+a build: light first, the candidate's own headers after a failed light build, whose log is the one reported. On a GPU (-m gpu): a built-in solution compiled light is accepted,
 and a source needing a header the prelude lacks falls back and is accepted.
 
     python -m pytest tests/test_light_headers.py -q            # CPU part, a few seconds
@@ -68,7 +68,8 @@ torch::Tensor f(torch::Tensor x, torch::Tensor y) {
     auto out = torch::zeros_like(x);
     auto e = torch::empty({x.size(0), 4}, x.options().dtype(torch::kFloat32));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "f", [&] { out.fill_(scalar_t(1)); });
-    return torch::relu(w) + at::sigmoid(out) + torch::matmul(x, y.t()).sum() + e.sum();
+    auto c = torch::cat({x, y}, 0).sum() + torch::stack({x, y}).sum();
+    return torch::relu(w) + at::sigmoid(out) + torch::matmul(x, y.t()).sum() + e.sum() + c;
 }
 """
 
@@ -76,25 +77,72 @@ torch::Tensor f(torch::Tensor x, torch::Tensor y) {
 def test_light_prelude_declares_what_host_code_uses_without_every_operator():
     """The host half of a light .cu parses with the host compiler (tensor operators, factories, the dispatch macro,
     the called operators), and AT_PER_OPERATOR_HEADERS keeps ATen/Functions.h (all operators) out of it."""
+    light = build.light_cuda_sources([HOST_SRC])
+    assert light[0].index("#define AT_PER_OPERATOR_HEADERS") < light[0].index("#include")
+    rc, err, headers = _host_headers("\n".join(light))
+    assert rc == 0, err[-3000:]
+    assert any(h.endswith("ATen/ops/matmul.h") for h in headers)
+    assert not any(h.endswith("ATen/Functions.h") for h in headers)
+
+
+def _host_headers(text: str, include_dir=None) -> tuple:
+    """(returncode, stderr, headers) of parsing the host half of a light source with the host compiler."""
     import subprocess
     import torch.utils.cpp_extension as cpp_ext
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no host C++ compiler")
-    light = build.light_cuda_sources([HOST_SRC])
-    assert light[0].index("#define AT_PER_OPERATOR_HEADERS") < light[0].index("#include")
-    text = "\n".join(light).replace("#include <cuda.h>", "").replace("#include <cuda_runtime.h>", "")
-    inc = [f"-I{d}" for d in cpp_ext.include_paths() if os.path.isdir(d)]
+    text = text.replace("#include <cuda.h>", "").replace("#include <cuda_runtime.h>", "")
+    inc = ([f"-I{include_dir}"] if include_dir else []) + \
+        [f"-I{d}" for d in cpp_ext.include_paths() if os.path.isdir(d)]
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "host.cpp")
         with open(path, "w") as fh:
             fh.write(text)
         r = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-w", "-H", *inc, path], capture_output=True,
                            text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    headers = [ln.lstrip(". ") for ln in r.stderr.splitlines() if ln.startswith(".")]
-    assert any(h.endswith("ATen/ops/matmul.h") for h in headers)
-    assert not any(h.endswith("ATen/Functions.h") for h in headers)
+    return r.returncode, r.stderr, [ln.lstrip(". ") for ln in r.stderr.splitlines() if ln.startswith(".")]
+
+
+def test_light_include_dir_copies_operator_headers_without_the_global_context(tmp_path):
+    """Every at::X wrapper header and CUDAContext.h / Exceptions.h, each the original less its ATen/Context.h and
+    ATen/DeviceGuard.h includes; written once (a second call reuses it); a source naming what those headers declare
+    gets them back in its prelude."""
+    import torch.utils.cpp_extension as cpp_ext
+    inc = build.light_include_dir(str(tmp_path))
+    assert inc and build.light_include_dir(str(tmp_path)) == inc
+    root = next(d for d in cpp_ext.include_paths() if os.path.isdir(os.path.join(d, "ATen", "ops")))
+    copied = set(os.listdir(os.path.join(inc, "ATen", "ops")))
+    assert {"empty_like.h", "softmax.h", "matmul.h"} <= copied and not any(f.endswith("_ops.h") for f in copied)
+    for rel in ("ATen/ops/empty_like.h", "ATen/ops/matmul.h", "ATen/cuda/CUDAContext.h", "ATen/cuda/Exceptions.h"):
+        original, copy = (open(os.path.join(d, rel)).read() for d in (root, inc))
+        assert "#include <ATen/Context.h>" in original and "#include <ATen/Context.h>" not in copy, rel
+        assert "ATen/DeviceGuard.h" not in copy
+        kept = [ln for ln in original.splitlines() if ln not in ("#include <ATen/Context.h>",
+                                                                 "#include <ATen/DeviceGuard.h>")]
+        assert copy.splitlines() == kept, rel
+    plain = build.light_cuda_sources([SRC])[0]
+    assert "ATen/Context.h" not in plain and "ATen/DeviceGuard.h" not in plain
+    ctx = build.light_cuda_sources([SRC + "bool tf32() { return at::globalContext().allowTF32CuBLAS(); }\n"])[0]
+    guard = build.light_cuda_sources([SRC + "void g(torch::Tensor x) { at::OptionalDeviceGuard d(device_of(x)); }"])[0]
+    assert "#include <ATen/Context.h>" in ctx and "#include <ATen/DeviceGuard.h>" in guard
+    light = build.light_call({"cuda_sources": [SRC], "cpp_sources": "", "extra_cuda_cflags": ["-O3"]}, inc)
+    assert light["extra_cuda_cflags"] == [f"-I{inc}", "-O3"]
+
+
+def test_light_include_dir_keeps_the_global_context_out_of_host_code(tmp_path):
+    """With the light include directory first, the host half of a light source parses without ATen/Context.h; a
+    source that uses the global context parses too (the prelude brings the header back)."""
+    inc = build.light_include_dir(str(tmp_path))
+    rc, err, headers = _host_headers("\n".join(build.light_cuda_sources([HOST_SRC])), inc)
+    assert rc == 0, err[-3000:]
+    assert any(h.startswith(inc) and h.endswith("ATen/ops/matmul.h") for h in headers)
+    assert not any(h.endswith("ATen/Context.h") or h.endswith("ATen/DeviceGuard.h") for h in headers)
+    uses = HOST_SRC + "bool tf32() { return at::globalContext().allowTF32CuBLAS(); }\n" + \
+        "void g(torch::Tensor x) { at::OptionalDeviceGuard d(at::device_of(x)); }\n"
+    rc, err, headers = _host_headers("\n".join(build.light_cuda_sources([uses])), inc)
+    assert rc == 0, err[-3000:]
+    assert any(h.endswith("ATen/Context.h") for h in headers)
 
 
 def test_only_cuda_builds_that_keep_implicit_headers_are_built_light():
