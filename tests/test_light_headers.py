@@ -179,7 +179,7 @@ class _Recorder:
     call, fails the light one when told to, fails the full one when told to, else leaves a .so behind."""
 
     def __init__(self, light_fails: bool, full_fails: bool = False):
-        self.calls, self.light_fails, self.full_fails = [], light_fails, full_fails
+        self.calls, self.cuda_flags, self.light_fails, self.full_fails = [], [], light_fails, full_fails
 
     def __call__(self, name, cpp_sources, cuda_sources=None, functions=None, extra_cflags=None,
                  extra_cuda_cflags=None, extra_ldflags=None, extra_include_paths=None, build_directory=None,
@@ -187,6 +187,7 @@ class _Recorder:
                  keep_intermediates=True, use_pch=False, no_implicit_headers=False):
         light = bool(no_implicit_headers)
         self.calls.append("light" if light else "full")
+        self.cuda_flags.append(list(extra_cuda_cflags or []))
         if light and self.light_fails:
             raise RuntimeError("Error building extension 'x': cuda.cu(9): error: namespace \"at\" has no member")
         if not light and self.full_fails:
@@ -214,6 +215,10 @@ def test_light_first_then_own_headers(monkeypatch, light_fails, full_fails, enab
                 cpp_ext.load_inline(**args)
         else:
             cpp_ext.load_inline(**args)
+        if enabled:             # the light build's .cu gets the light include directory (written into the cache)
+            inc = build.light_include_dir(cache)
+            assert rec.cuda_flags[0] == [f"-I{inc}"] and os.path.isfile(os.path.join(inc, "ATen", "ops", "cat.h"))
+        assert all(not f for f in rec.cuda_flags[1 if enabled else 0:])      # the build as written: its own flags
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
