@@ -26,13 +26,14 @@
 #   part 18 (carry .kit .benchextra, and the KernelBench level-1 task files in kb/level1 of the working tree):
 #            evaluator throughput with the KernelBench kernels, COMPILE_WORKERS compile workers (default 32 on 16
 #            cores: oversubscribed, all 32 candidates start at once, so ~25 builds run as one wave instead of 16 + 9;
-#            near-duplicates wait for their original's compile; the light prelude with AT_PER_OPERATOR_HEADERS),
-#            then the light-header GPU test
+#            near-duplicates wait for their original's compile; the light prelude with AT_PER_OPERATOR_HEADERS and
+#            the light include directory), then the light-header GPU test, then light_headers_check.py on every
+#            CUDA source with and without the light include directory (LIGHT_TEST=0 / LIGHT_CHECK=0 skip them)
 #   part 19 (carry .kit .benchextra): GPU tests of liger (containment, ZeRO-3 with partitioned parameters), the fused
 #            AdamW and the single-rank DeepSpeed learner, then learner MFU at micro-batch 8 with the fused AdamW
 #            (learner.fused_optimizer) and without, liger on and off; on an H200 also liger at micro-batch 16
 #   parts 18 + 19 in one call (device time short; ~7 min):
-#     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 bash benchmarks/gpu_round.sh 18
+#     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 LIGHT_CHECK=0 bash benchmarks/gpu_round.sh 18
 #     TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 \
 #       MFU_PROFILE= MFU16=0 bash benchmarks/gpu_round.sh 19
 #     bash benchmarks/gpu_round.sh <part>
@@ -171,6 +172,10 @@ case $part in
     --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
   if [ "${LIGHT_TEST:-1}" = 1 ]; then
     timeout 170 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
+  fi
+  if [ "${LIGHT_CHECK:-1}" = 1 ]; then    # every CUDA source light, with and without the light include directory
+    OUT=$OUT/lhc timeout 200 python3 benchmarks/light_headers_check.py --jobs 16 --full 0 --without-include-dir \
+      > "$OUT/light_headers_check.log" 2>&1
   fi
   tar czf "$FINAL/part18.tgz" -C "$OUT" . ;;
 19)
