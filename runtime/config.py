@@ -201,9 +201,10 @@ class EvaluatorConfig:
                                       "of command, source and compiler; a candidate with the same cpp_sources, "
                                       "functions, name and flags reuses the object and compiles only its .cu")
     light_cuda_headers: bool = f(True, "compile a CUDA candidate's .cu first against a light prelude (ATen's Tensor, "
-                                       "the ATen/ops headers of the operators it calls, torch:: names) instead of "
-                                       "torch/extension.h (~4x less nvcc CPU); if that build fails, the candidate's "
-                                       "own headers are used and that build's log is the one reported")
+                                       "the ATen/ops headers of the operators it calls, torch:: names; copies of the "
+                                       "operator headers without ATen's global context first on its include path) "
+                                       "instead of torch/extension.h (~5x less nvcc CPU); if that build fails, the "
+                                       "candidate's own headers are used and that build's log is the one reported")
     cuda_arch_list: str = f("", "TORCH_CUDA_ARCH_LIST for CUDA builds (part of the build key); '': the environment's, "
                                 "else the node's GPUs from nvidia-smi as torch would pick them (X.Y+PTX)")
     timing_input_sets: int = f(3, "input sets rotated through timed calls (identity caches miss)")
