@@ -27,8 +27,8 @@ Cheaper builds, each still one extension per candidate compiled from the candida
   directory first on its include path (copies of the operator headers and of ATen/cuda/CUDAContext.h without the
   global context they do not use): ~20-25 instead of ~110 nvcc CPU-s per .cu. Sources using Python bindings,
   autograd, nn, jit or requires_grad skip it; a light build that fails is rebuilt with the candidate's own headers,
-  whose log is what the candidate sees. Why the program is the same: see "light CUDA headers" below. `python benchmarks/light_headers_check.py` compiles every built-in solution
-  both ways.
+  whose log is what the candidate sees. Why the program is the same: see "light CUDA headers" below.
+  `python benchmarks/light_headers_check.py` compiles every built-in solution both ways.
 - One build per extension at a time: a compile process that is about to build extension key K takes an exclusive
   lock on <cache>/building/K.lock and holds it until it exits (compile processes are single-use); another one that
   needs K meanwhile (a near-duplicate candidate: other Python, same C++) waits for that lock -- at most half of
@@ -279,20 +279,22 @@ def light_include_dir(cache_dir: str) -> Optional[str]:
     path = os.path.join(cache_dir, "light-include", tag)
     if os.path.isfile(os.path.join(path, ".complete")):
         return path
-    files = _light_headers_to_copy()
-    if not files:
-        return None
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f"{tag}.tmp-", dir=os.path.dirname(path))
+    tmp = None
     try:
+        files = _light_headers_to_copy()
+        if not files:
+            return None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f"{tag}.tmp-", dir=os.path.dirname(path))
         for rel, text in files:
             os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
             with open(os.path.join(tmp, rel), "w") as fh:
                 fh.write(text)
         open(os.path.join(tmp, ".complete"), "w").close()
         os.rename(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)               # another process published it first
+    except (OSError, UnicodeDecodeError):     # published first by another process, or an unwritable cache: the
+        if tmp:                               # light build then uses torch's own headers
+            shutil.rmtree(tmp, ignore_errors=True)
     return path if os.path.isfile(os.path.join(path, ".complete")) else None
 
 

@@ -128,6 +128,9 @@ def test_light_include_dir_copies_operator_headers_without_the_global_context(tm
     assert "#include <ATen/Context.h>" in ctx and "#include <ATen/DeviceGuard.h>" in guard
     light = build.light_call({"cuda_sources": [SRC], "cpp_sources": "", "extra_cuda_cflags": ["-O3"]}, inc)
     assert light["extra_cuda_cflags"] == [f"-I{inc}", "-O3"]
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")                      # an unusable cache: no directory, and the build goes on without it
+    assert build.light_include_dir(str(blocked)) is None
 
 
 def test_light_include_dir_keeps_the_global_context_out_of_host_code(tmp_path):
