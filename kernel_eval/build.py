@@ -182,7 +182,7 @@ def _pch_include(cpp_ext: Any, bound: dict, cache_dir: str, log: Callable[[str],
 # preprocessed text on top of ATen/core/Tensor.h's 4 MB. So do ATen/cuda/CUDAContext.h (which nearly every
 # KernelBench kernel includes for getCurrentCUDAStream) and ATen/cuda/Exceptions.h. The directory holds copies of
 # those headers without these two includes, same declarations otherwise, so the first header that needs them is
-# never parsed: one KernelBench-style .cu 38.7 -> 23.3 CPU-s (2-core box, nvcc 13). A source that names something
+# never parsed: one KernelBench-style .cu 25.8 -> 15.1 CPU-s (idle 2-core box, nvcc 13). A source that names something
 # they declare (at::globalContext, at::device_of, ..., _NEEDS_CONTEXT / _NEEDS_DEVICE_GUARD) gets them back through
 # the prelude; any other use fails the light build, which falls back as above.
 _HEAVY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](?:torch/(?:extension|torch|all|types)\.h|ATen/ATen\.h)'
