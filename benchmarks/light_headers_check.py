@@ -10,7 +10,8 @@ compile light is what the evaluator would then rebuild with its own headers (a f
 
     python benchmarks/light_headers_check.py --jobs 16                  # GPU machine (torch is a CUDA build)
     python benchmarks/light_headers_check.py --jobs 2 --extra-include DIR   # elsewhere: DIR has the CUDA headers
-                                                                            # the CPU torch wheel lacks (cuBLAS etc.)
+                                                                            # the CPU torch wheel lacks (cuBLAS etc.;
+                                                                            # bash benchmarks/cpu_cuda_headers.sh DIR)
 Writes $OUT/light_headers_check.{json,md} (OUT defaults to ./bench_out) and prints the table.
 """
 from __future__ import annotations
