@@ -5,8 +5,9 @@ benchmarks/eval_throughput.py generates, and a few extra probes: the object comp
 flags torch's extension build uses: -O3 as the candidates ask, sm_90 by default) with the light prelude of
 `kernel_eval.build.light_cuda_sources` and the light include directory first on the include path
 (`kernel_eval.build.light_include_dir`, written under --out), and (for the first --full sources, or all with --full
--1) with the headers load_inline would use. `--without-include-dir` and `--all-operators` add A/B rows. CPU seconds are the compiler processes' user+sys (os.wait4). A source that does not
-compile light is what the evaluator would then rebuild with its own headers (a fallback costs the light attempt).
+-1) with the headers load_inline would use. `--without-include-dir` and `--all-operators` add A/B rows. CPU seconds
+are the compiler processes' user+sys (os.wait4). A source that does not compile light is what the evaluator would
+then rebuild with its own headers (a fallback costs the light attempt).
 
     python benchmarks/light_headers_check.py --jobs 16                  # GPU machine (torch is a CUDA build)
     python benchmarks/light_headers_check.py --jobs 2 --extra-include DIR   # elsewhere: DIR has the CUDA headers
@@ -91,7 +92,8 @@ def compile_one(text: str, extra: list, light_include: str = "") -> dict:
         with open(src, "w") as fh:
             fh.write(text)
         t0 = time.monotonic()
-        p = subprocess.Popen(nvcc_cmd(src, obj, extra, light_include), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(nvcc_cmd(src, obj, extra, light_include), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
         out = p.stdout.read()
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -112,7 +114,7 @@ def main() -> int:
                          "2026-12-07: ATen/TensorOperators.h then pulls in every operator's header)")
     ap.add_argument("--without-include-dir", action="store_true",
                     help="also compile each light source without the light include directory (the operator headers "
-                         "with ATen/Context.h and ATen/DeviceGuard.h, as before 2026-12-08)")
+                         "with ATen/Context.h and ATen/DeviceGuard.h, as before the directory existed)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -150,15 +152,11 @@ def main() -> int:
                "light_cpu_s_mean": round(sum(r["light"]["cpu_s"] for r in ok) / max(1, len(ok)), 1),
                "full_vs_light_cpu_ratio": round(sum(r["full"]["cpu_s"] for r in both) /
                                                 max(1e-9, sum(r["light"]["cpu_s"] for r in both)), 2) if both else None}
-    pairs = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("allops", {}).get("ok")]
-    if pairs:
-        summary["allops_vs_light_cpu_ratio"] = round(sum(r["allops"]["cpu_s"] for r in pairs) /
-                                                     max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
-
-    pairs = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get("noinc", {}).get("ok")]
-    if pairs:
-        summary["without_include_dir_vs_light_cpu_ratio"] = round(
-            sum(r["noinc"]["cpu_s"] for r in pairs) / max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
+    for kind, name in (("allops", "allops_vs_light_cpu_ratio"), ("noinc", "without_include_dir_vs_light_cpu_ratio")):
+        pairs = [r for r in rows.values() if r.get("light", {}).get("ok") and r.get(kind, {}).get("ok")]
+        if pairs:           # CPU of the A/B variant over the light build's, on the sources where both compiled
+            summary[name] = round(sum(r[kind]["cpu_s"] for r in pairs) /
+                                  max(1e-9, sum(r["light"]["cpu_s"] for r in pairs)), 2)
     summary["light_include_dir"] = bool(inc_dir)
 
     def cell(x: dict) -> str:
@@ -170,7 +168,6 @@ def main() -> int:
         lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | {cell(ni)} | "
                      f"{cell(al)} | {cell(fu)} |")
     lines.append(f"\n{summary}")
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "light_headers_check.json"), "w") as fh:
         json.dump({"summary": summary, "rows": list(rows.values())}, fh, indent=1)
     with open(os.path.join(args.out, "light_headers_check.md"), "w") as fh:

@@ -182,9 +182,9 @@ def _pch_include(cpp_ext: Any, bound: dict, cache_dir: str, log: Callable[[str],
 # preprocessed text on top of ATen/core/Tensor.h's 4 MB. So do ATen/cuda/CUDAContext.h (which nearly every
 # KernelBench kernel includes for getCurrentCUDAStream) and ATen/cuda/Exceptions.h. The directory holds copies of
 # those headers without these two includes, same declarations otherwise, so the first header that needs them is
-# never parsed: one KernelBench-style .cu 25.8 -> 15.1 CPU-s (idle 2-core box, nvcc 13). A source that names something
-# they declare (at::globalContext, at::device_of, ..., _NEEDS_CONTEXT / _NEEDS_DEVICE_GUARD) gets them back through
-# the prelude; any other use fails the light build, which falls back as above.
+# never parsed: one KernelBench-style .cu 25.8 -> 15.1 CPU-s (idle 2-core box, nvcc 13). A source that names
+# something they declare (at::globalContext, at::device_of, ..., _NEEDS_CONTEXT / _NEEDS_DEVICE_GUARD) gets them
+# back through the prelude; any other use fails the light build, which falls back as above.
 _HEAVY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](?:torch/(?:extension|torch|all|types)\.h|ATen/ATen\.h)'
                             r'[>"][^\n]*$', re.M)
 _LIGHT_SKIP = re.compile(r'py::|pybind|PYBIND11|Python\.h|requires_grad|'
@@ -243,12 +243,9 @@ def light_cuda_sources(cuda_sources: list, ops_dirs: Optional[tuple] = None) -> 
 
 def _light_headers_to_copy() -> list:
     """[(path relative to the include root, its text without the left-out includes)] for light_include_dir."""
-    import torch.utils.cpp_extension as cpp_ext
     out = []
-    for root in cpp_ext.include_paths():
-        ops = os.path.join(root, "ATen", "ops")
-        if not os.path.isdir(ops):
-            continue
+    for ops in _ops_dirs():
+        root = os.path.dirname(os.path.dirname(ops))
         listing = set(os.listdir(ops))
         for f in sorted(listing):
             if not f.endswith(".h") or f[:-2] + "_ops.h" not in listing:     # X.h beside X_ops.h: at::X itself

@@ -212,28 +212,24 @@ def test_wait_all_fails_fast_and_names_the_step(ray_local):
     def broken():
         raise ValueError("peer gone")
 
-    def cancel(refs):
-        for r in refs:
-            ray.cancel(r, force=True)
-
     assert wait_all([slow.remote(0.1), slow.remote(0.0)], 30, "ok") == [0.1, 0.0]
     t0 = time.monotonic()
-    stuck = [slow.remote(60)]
+    stuck = slow.remote(60)
     with pytest.raises(RuntimeError, match="NCCL weight sync \\(version 3\\) failed: .*peer gone"):
-        wait_all([stuck[0], broken.remote()], 30, "NCCL weight sync (version 3)")
+        wait_all([stuck, broken.remote()], 30, "NCCL weight sync (version 3)")
     assert time.monotonic() - t0 < 10, "did not fail fast"
-    cancel(stuck)
+    ray.cancel(stuck, force=True)
     # the quick ones are done before the deadline is measured, so a slow worker start cannot count against them
     quick = [slow.remote(0), slow.remote(0)]
     ray.get(quick, timeout=60)
-    stuck = [slow.remote(60)]
+    stuck = slow.remote(60)
     with pytest.raises(TimeoutError, match="1 of 2 calls unfinished"):
-        wait_all([quick[0], stuck[0]], 2, "group set-up")
+        wait_all([quick[0], stuck], 2, "group set-up")
     # with names, the timeout says which are still running (e.g. a learner rank stuck in a weight export)
     with pytest.raises(TimeoutError, match=r"weight sync \(version 1\): 1 of 3 .*: learner rank 1 export$"):
-        wait_all([quick[0], stuck[0], quick[1]], 2, "weight sync (version 1)",
+        wait_all([quick[0], stuck, quick[1]], 2, "weight sync (version 1)",
                  ["rollout-0 load", "learner rank 1 export", "learner rank 2 export"])
-    cancel(stuck)
+    ray.cancel(stuck, force=True)
 
 
 def test_learner_metadata_over_ray_and_a_cpu_learner_refuses_nccl(ray_local):
