@@ -19,6 +19,11 @@ or another block size (new C++).
   each checks correctness on seeded get_inputs() (torch.allclose, atol = rtol = 1e-2) and times reference and kernel
   with CUDA events, the GPU phase serialized across processes by a file lock. Same trial counts as ours.
 
+Options for ours: --compile-priority fifo|fair (evaluator.compile_priority), --also-fair (ours a second time with
+fair, fresh cache, before the baseline). Ours also records a per-candidate timeline (compile start/end, the GPU
+runner's start/end, the sandbox's phases: setup, reference, load, correctness, timing) in the JSON, summarized below
+the table (first and median result, last compile end, GPU runner busy time).
+
 Reported per side: wall seconds, candidates/s and kernels/minute, compile CPU-seconds in total and per finished
 candidate (compile processes and their compilers), the speedup of candidates/s over the baseline,
 sandbox start-up seconds on the critical path (ours: request -> ready; baseline: interpreter + torch import), GPU-held
@@ -148,12 +153,18 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
     acc = {"compile_cpu_s": 0.0, "compile_wall_s": 0.0, "startup_s": 0.0, "gpu_s": 0.0, "light_builds": 0,
            "light_fallbacks": 0, "waited_builds": 0, "waited_s": 0.0}
     acc_lock = threading.Lock()
+    t_zero = time.monotonic()
+    timeline: list = []                  # per candidate: seconds since the start of this side, and the run phases
+    acc["timeline"] = timeline
 
     def one(item):
         label, task, code = item
         res = EvalResult(task=task.name, backend=cfg.backend, size_profile=task.size_profile, stage="compile")
+        ev = {"candidate": label, "compile_start": time.monotonic() - t_zero}
         try:
             b = compile_candidate(code, cfg.backend, cfg, torch.__version__)
+            ev.update(compile_end=time.monotonic() - t_zero, compile_cpu_s=b.cpu_s, nice=b.nice,
+                      waited_s=b.waited_s, cache_hit=b.cache_hit)
             with acc_lock:
                 acc["compile_cpu_s"] += b.cpu_s
                 acc["compile_wall_s"] += b.compile_s
@@ -166,8 +177,11 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
                 return _finish(res, b.log[-2000:])
             with gpu_lock:
                 t0 = time.monotonic()
+                ev["gpu_start"] = t0 - t_zero
                 r = run_candidate(task, code, b.keys, cfg, res)
                 held = time.monotonic() - t0
+                ev.update(gpu_end=time.monotonic() - t_zero, run_s=r.run_s, startup_s=r.startup_s,
+                          phase_s=r.phase_s)
             with acc_lock:
                 acc["gpu_s"] += held
                 acc["startup_s"] += r.startup_s
@@ -175,8 +189,31 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
         except Exception as e:                        # recorded, never fatal
             res.reason = "evaluator_error"
             return _finish(res, f"{type(e).__name__}: {e}")
+        finally:
+            ev["end"] = time.monotonic() - t_zero
+            with acc_lock:
+                timeline.append(ev)
 
     return _pooled(one, cands, workers, budget_s, "ours"), acc
+
+
+def timeline_summary(timeline: list) -> dict:
+    """When results came back and where the GPU runner's seconds went (ours)."""
+    ends = sorted(e["end"] for e in timeline)
+    ran = [e for e in timeline if "gpu_end" in e]
+    phases: dict = {}
+    for e in ran:
+        for k, v in (e.get("phase_s") or {}).items():
+            phases[k] = phases.get(k, 0.0) + v
+    first_gpu = min((e["gpu_start"] for e in ran), default=0.0)
+    busy = sum(e["gpu_end"] - e["gpu_start"] for e in ran)
+    span = max((e["gpu_end"] for e in ran), default=0.0) - first_gpu
+    return {"first_result_s": ends[0] if ends else None, "median_result_s": ends[len(ends) // 2] if ends else None,
+            "last_compile_end_s": max((e.get("compile_end", 0.0) for e in timeline), default=None),
+            "first_gpu_start_s": first_gpu, "gpu_busy_s": busy,
+            "gpu_busy_fraction_after_first": busy / span if span > 0 else None,
+            "run_s": sum(e.get("run_s", 0.0) for e in ran), "startup_s": sum(e.get("startup_s", 0.0) for e in ran),
+            "phase_s": {k: round(v, 2) for k, v in phases.items()}}
 
 
 def _pooled(fn, cands: list, workers: int, budget_s: float, label: str) -> list:
@@ -342,6 +379,10 @@ def main() -> int:
     ap.add_argument("--no-object-cache", action="store_true", help="ours: no host-object cache")
     ap.add_argument("--no-light", action="store_true", help="ours: compile each .cu with its own torch headers "
                                                             "(evaluator.light_cuda_headers=false)")
+    ap.add_argument("--compile-priority", choices=("fifo", "fair"), default="fifo",
+                    help="ours: evaluator.compile_priority (fifo: older compiles first under contention)")
+    ap.add_argument("--also-fair", action="store_true",
+                    help="run ours a second time with compile_priority=fair (fresh cache) before the baseline")
     ap.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_one:
@@ -360,7 +401,7 @@ def main() -> int:
                           cache_dir=os.path.join(work, "ours-cache"), compile_jobs=max(1, args.compile_jobs),
                           run_timeout_s=60, compile_timeout_s=150, warm_sandboxes=2, work_dir=work,
                           precompiled_header=not args.no_pch, host_object_cache=not args.no_object_cache,
-                          light_cuda_headers=not args.no_light)
+                          light_cuda_headers=not args.no_light, compile_priority=args.compile_priority)
     # the header is built by the first compile that needs it; the others do not wait for it
     workers = args.compile_workers or max(1, (os.cpu_count() or 2) // cfg.compile_jobs)
     trials = {"correctness_trials": cfg.correctness_trials, "timing_warmup": cfg.timing_warmup,
@@ -372,12 +413,19 @@ def main() -> int:
           f"arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
-    for label in ("ours", "baseline"):
-        share = budget * 0.5 if label == "ours" else args.timeout_s - (time.monotonic() - t_start) - 5.0
+    labels = ["ours"] + (["ours_fair"] if args.also_fair else []) + ["baseline"]
+    for label in labels:
+        share = budget * 0.5 / (len(labels) - 1) if label != "baseline" else \
+            args.timeout_s - (time.monotonic() - t_start) - 5.0
         t0 = time.monotonic()
-        if label == "ours":
-            results, split = run_ours(cands, cfg, share, workers)
+        if label != "baseline":
+            import dataclasses
+            c = cfg if label == "ours" else dataclasses.replace(
+                cfg, compile_priority="fair", cache_dir=os.path.join(work, "ours-fair-cache"))
+            results, split = run_ours(cands, c, share, workers)
             results = [r.to_dict() if r is not None else None for r in results]
+            split["timeline_summary"] = timeline_summary(split["timeline"])
+            print(f"{label} ({c.compile_priority}): {json.dumps(split['timeline_summary'])}", flush=True)
         else:
             results, split = run_baseline(cands, trials, share, work, args.backend)
         wall = time.monotonic() - t0
@@ -391,8 +439,8 @@ def main() -> int:
                                                           if r else {"unfinished": True}))
                                    for c, r in zip(cands, results)]}
         print(f"{label}: {len(done)}/{len(cands)} kernels in {wall:.1f}s", flush=True)
-    both = [i for i in range(len(cands)) if verdicts["ours"][i] is not None and verdicts["baseline"][i] is not None]
-    differ = [cands[i][0] for i in both if verdicts["ours"][i] != verdicts["baseline"][i]]
+    both = [i for i in range(len(cands)) if all(verdicts[k][i] is not None for k in labels)]
+    differ = [cands[i][0] for i in both if len({verdicts[k][i] for k in labels}) > 1]
     ratio = rows["ours"]["kernels_per_minute"] / max(1e-9, rows["baseline"]["kernels_per_minute"])
     for r in rows.values():
         r["compile_cpu_s_per_candidate"] = r["compile_cpu_s"] / max(1, r["finished"])
@@ -400,7 +448,7 @@ def main() -> int:
     summary = {"candidates": len(cands), "compared": len(both), "verdicts_identical": not differ,
                "cores": os.cpu_count(), "compile_workers": workers, "compile_jobs": cfg.compile_jobs,
                "precompiled_header": cfg.precompiled_header, "host_object_cache": cfg.host_object_cache,
-               "light_cuda_headers": cfg.light_cuda_headers,
+               "light_cuda_headers": cfg.light_cuda_headers, "compile_priority": cfg.compile_priority,
                "verdicts_differ": differ, "throughput_ratio": ratio, "size_profile": args.size_profile, **rows}
     with open(os.path.join(out_dir, "eval_throughput.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
@@ -412,6 +460,13 @@ def main() -> int:
                      f"{r['kernels_per_minute']:.1f} | {r['speedup_vs_baseline']:.2f}x | {r['wall_s']:.0f} | "
                      f"{r['compile_cpu_s']:.0f} | {r['compile_cpu_s_per_candidate']:.1f} | {r['compile_wall_s']:.0f} | "
                      f"{r['startup_s']:.1f} | {r['gpu_s']:.1f} | {r['correct']} |")
+    for k, r in rows.items():
+        t = r.get("timeline_summary")
+        if t:
+            table.append(f"\n{k}: first result at {t['first_result_s']:.1f} s, median at {t['median_result_s']:.1f} s, "
+                         f"last compile ended at {t['last_compile_end_s']:.1f} s; GPU runner busy {t['gpu_busy_s']:.1f} s "
+                         f"from {t['first_gpu_start_s']:.1f} s on ({100 * (t['gpu_busy_fraction_after_first'] or 0):.0f}%"
+                         f"); sandbox phases (s, sum): {t['phase_s']}")
     table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers, "
                  f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers; "
                  f"{rows['ours'].get('waited_builds', 0)} extensions taken from a concurrent compile of the same C++ "

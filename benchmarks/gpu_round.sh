@@ -29,20 +29,28 @@
 #            near-duplicates wait for their original's compile; the light prelude with AT_PER_OPERATOR_HEADERS and
 #            the light include directory), then the light-header GPU test, then light_headers_check.py on every
 #            CUDA source with and without the light include directory (LIGHT_TEST=0 / LIGHT_CHECK=0 skip them)
+#            EVAL_EXTRA adds eval_throughput.py options (2026-12-07: "--also-fair", ours with
+#            evaluator.compile_priority fifo, the default, then fair, then the baseline; EVAL_TIMEOUT_S=420)
 #   part 19 (carry .kit .benchextra): GPU tests of liger (containment, ZeRO-3 with partitioned parameters), the fused
 #            AdamW and the single-rank DeepSpeed learner, then learner MFU at micro-batch 8 with the fused AdamW
 #            (learner.fused_optimizer) and without, liger on and off; on an H200 also liger at micro-batch 16
+#   part 20 (carry .kit .benchextra, and kb/level1 as in part 18): after the verified side-stream hold
+#            (kernel_eval/child.py SideStreamHold): evaluator throughput (ours with compile_priority=fifo, then the
+#            baseline), the evaluator's GPU tests, then the CUDA adversarial sweep. Run once on 2026-12-07 with the
+#            first version of the hold, which hung (benchmarks/README.md); the fixed hold was then measured with
+#            the eval_throughput.py command of part 20 alone at --timeout-s 190 (device time was short) and with
+#            benchmarks/probe_side_stream_hold.py
 #   parts 18 + 19 in one call (device time short; ~7 min):
 #     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 LIGHT_CHECK=0 bash benchmarks/gpu_round.sh 18
 #     TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 \
 #       MFU_PROFILE= MFU16=0 bash benchmarks/gpu_round.sh 19
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-19}
+part=${1:?part 1-20}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-case $part in 1|6|9|12|15|18|19) ;; *) source .vllmkit/activate.sh || exit 1 ;; esac   # parts that run vLLM
+case $part in 1|6|9|12|15|18|19|20) ;; *) source .vllmkit/activate.sh || exit 1 ;; esac   # parts that run vLLM
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -169,7 +177,7 @@ case $part in
   [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
   E=${EVAL_TIMEOUT_S:-340}
   OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
-    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" ${EVAL_EXTRA:-} > "$OUT/eval.log" 2>&1
   if [ "${LIGHT_TEST:-1}" = 1 ]; then
     timeout 170 python3 -m pytest -q -m gpu tests/test_light_headers.py > "$OUT/light_gpu_test.log" 2>&1
   fi
@@ -191,6 +199,16 @@ case $part in
       --micro-batches 16 --case-timeout-s 140 > "$OUT/mfu16.log" 2>&1     # H200: 16 x 4k tokens per micro-batch
   fi
   tar czf "$FINAL/part19.tgz" -C "$OUT" . ;;
+20)
+  [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
+  E=${EVAL_TIMEOUT_S:-280}
+  OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" > "$OUT/eval.log" 2>&1
+  timeout ${TEST_TIMEOUT_S:-150} python3 -m pytest -q -m gpu tests/test_evaluator_gpu.py -rA \
+    > "$OUT/evaluator_gpu_tests.log" 2>&1
+  OUT=$OUT/adv timeout ${SWEEP_TIMEOUT_S:-120} python3 benchmarks/adversarial_sweep.py --backend cuda \
+    --compile-jobs 16 > "$OUT/adversarial.log" 2>&1
+  tar czf "$FINAL/part20.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -61,10 +61,12 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -568,6 +570,7 @@ class BuildResult:
     light_fallbacks: int = 0                  # light builds that failed and were rebuilt with the full headers
     waited_builds: int = 0                    # extensions taken from a concurrent compile of the same key
     waited_s: float = 0.0                     # seconds spent waiting for such compiles
+    nice: int = 0                             # the compile process's nice level (evaluator.compile_priority)
 
 
 def _atomic_publish(src: str, final: str, sha256: Optional[str], stage_dir: str) -> bool:
@@ -676,6 +679,54 @@ def build_env(cfg: Any) -> dict:
     return {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", **({"TORCH_CUDA_ARCH_LIST": arch} if arch else {})}
 
 
+class CompileTicket:
+    """A compile's place in this node's queue of running compiles (files under <cache>/compiling/<host>/, one per
+    running compile, named by start time; a ticket whose process died is ignored and removed). With
+    evaluator.compile_priority=fifo a compile runs at nice min(19, ahead // 2), `ahead` being the compiles of this
+    node that started before it and still run: under contention the older compiles get most of the cores and finish
+    first, so results come back (and GPU runs start) one after another instead of all at the end of the burst,
+    while the cores stay busy. Without a writable cache there is no ticket (nice 0)."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.path: Optional[str] = None
+        self.ahead = 0
+        d = os.path.join(cache_dir, "compiling", socket.gethostname())
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, name), "w"):
+                pass
+            self.path = os.path.join(d, name)
+            for other in os.listdir(d):
+                if other >= name:
+                    continue
+                try:
+                    pid = int(other.split("-")[1])
+                    os.kill(pid, 0)
+                    self.ahead += 1
+                except ProcessLookupError:
+                    _unlink(os.path.join(d, other))           # its compile's process is gone
+                except (ValueError, IndexError, PermissionError):
+                    self.ahead += 1                            # another user's process, or a foreign name
+        except OSError:
+            self.path = None
+
+    def nice(self, policy: str) -> int:
+        return min(19, self.ahead // 2) if policy == "fifo" else 0
+
+    def close(self) -> None:
+        if self.path:
+            _unlink(self.path)
+            self.path = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> BuildResult:
     """Compile every load_inline extension of `code` in a sandbox (or find them all in the cache)."""
     from kernel_eval.sandbox import SandboxLimits, acquire_sandbox
@@ -693,11 +744,16 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
     out_dir = os.path.join(workdir, "out")
     os.makedirs(out_dir)
     t0 = time.monotonic()
-    out = sb.run("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
-                             "use_pch": cfg.precompiled_header,
-                             "object_cache": bool(getattr(cfg, "host_object_cache", False)),
-                             "light_headers": bool(getattr(cfg, "light_cuda_headers", False)),
-                             "dedupe_wait_s": 0.5 * cfg.compile_timeout_s}, keep_workdir=True)
+    ticket = CompileTicket(cache_dir)
+    nice = ticket.nice(getattr(cfg, "compile_priority", "fair"))
+    try:
+        out = sb.run("compile", {"code": code, "backend": backend, "cache_dir": cache_dir, "out_dir": out_dir,
+                                 "use_pch": cfg.precompiled_header,
+                                 "object_cache": bool(getattr(cfg, "host_object_cache", False)),
+                                 "light_headers": bool(getattr(cfg, "light_cuda_headers", False)),
+                                 "dedupe_wait_s": 0.5 * cfg.compile_timeout_s, "nice": nice}, keep_workdir=True)
+    finally:
+        ticket.close()
     secs = time.monotonic() - t0
     cpu = out.cpu_s or 0.0
     try:
@@ -705,10 +761,10 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
         fallbacks = sum(1 for h, _ in out.frames if h.get("light_fallback"))
         err = out.last("compile_error")
         if err is not None:
-            return BuildResult(ok=False, reason="compile_error", log=err.get("log", ""), compile_s=secs, cpu_s=cpu,
-                               light_fallbacks=fallbacks)
+            return BuildResult(ok=False, nice=nice, reason="compile_error", log=err.get("log", ""), compile_s=secs,
+                               cpu_s=cpu, light_fallbacks=fallbacks)
         if out.timed_out:
-            return BuildResult(ok=False, reason="compile_timeout", compile_s=secs, cpu_s=cpu,
+            return BuildResult(ok=False, nice=nice, reason="compile_timeout", compile_s=secs, cpu_s=cpu,
                                log=f"compilation did not finish within {cfg.compile_timeout_s:.0f}s")
         keys = []
         for h, _ in out.frames:
@@ -718,12 +774,13 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
                 _publish(out_dir, h["key"], h["so"], cache_dir, h.get("sha256"))
             so = _so_of(cache_dir, h["key"])
             if so is None:
-                return BuildResult(ok=False, reason="compile_error", compile_s=secs, cpu_s=cpu,
+                return BuildResult(ok=False, nice=nice, reason="compile_error", compile_s=secs, cpu_s=cpu,
                                    log=f"extension {h['key']} produced no shared library\n{out.stderr_tail}")
             keys.append([h["key"], so])
         if out.last("done") is None and not keys:
-            tail = out.stderr_tail.strip().splitlines()[-15:]
-            return BuildResult(ok=False, reason="compile_error", compile_s=secs, cpu_s=cpu,
+            imp = out.last("import_error")
+            tail = (str(imp.get("message", "")) if imp else out.stderr_tail).strip().splitlines()[-15:]
+            return BuildResult(ok=False, nice=nice, reason="compile_error", compile_s=secs, cpu_s=cpu,
                                log="the module failed while compiling:\n" + "\n".join(tail))
         if out.last("done") is not None:      # only a complete, successful import is cached by source
             os.makedirs(os.path.join(cache_dir, "sources"), exist_ok=True)
@@ -734,7 +791,7 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
         logs = [h.get("log") for h, _ in out.frames if h.get("type") == "built" and h.get("log")]
         waited = [h for h, _ in out.frames if h.get("type") == "built" and h.get("cached") and h.get("waited_s")]
         return BuildResult(ok=True, keys=keys, compile_s=secs, cpu_s=cpu, objects_published=published,
-                           log="\n".join(logs), light_fallbacks=fallbacks, waited_builds=len(waited),
+                           nice=nice, log="\n".join(logs), light_fallbacks=fallbacks, waited_builds=len(waited),
                            waited_s=sum(h["waited_s"] for h in waited),
                            light_builds=sum(1 for h, _ in out.frames if h.get("type") == "built" and h.get("light")))
     finally:

@@ -12,8 +12,9 @@ Run protocol (the parent judges; this process only computes and reports facts):
    blocks and filling them, so an uninitialized output reads NaN.
 4. Per trial: candidate (fresh clone) -> reference (fresh clone, discarded) -> candidate again (fresh clone); each
    candidate output is checked for structure (exact torch.Tensor, materialized storage, no aliasing of inputs),
-   fingerprinted at return and again after a full synchronize (deferred writes), and sent to the parent with the
-   inputs' digests (input modification).
+   fingerprinted at return and again after a full synchronize (deferred writes; on CUDA, work left on PyTorch's
+   pool streams is held back until the return fingerprint is taken, and SideStreamHold verifies that it was), and
+   sent to the parent with the inputs' digests (input modification).
 5. The parent replies "time" only if all of it was correct; then candidate and reference are timed interleaved in
    this process, rotating several input sets; GPU: L2 flush per trial, CUDA events around a device-wide
    synchronize (work on other streams counts). CPU: perf_counter with a fixed thread count.
@@ -25,7 +26,7 @@ CUDA notes: the device is the runner's `cuda:0` (CUDA_VISIBLE_DEVICES survives t
 runner's assignment holds); inputs are moved to it before the candidate exists; the L2 flush buffer is twice the
 device's L2 (H100: 2 x 50 MB) and is zeroed before every timed call; events are recorded on the current stream with a
 device-wide synchronize before the end event, so work on any stream counts; a host thread still writing is given
-20 ms after the synchronize before the outputs are fingerprinted again. A CUDA fault (illegal address) surfaces as
+20 ms after the call returned (and a device-wide synchronize) before the outputs are fingerprinted again. A CUDA fault (illegal address) surfaces as
 an exception at the next synchronize and ends this process; nothing of its context survives.
 
 Limits: timing happens in the candidate's own process, so a candidate that patches timers could lie; the static
@@ -133,6 +134,11 @@ def _exec_module(name: str, code: str) -> types.ModuleType:
 def _compile(req: dict, chan: Channel) -> None:
     import torch  # noqa: F401  (imported before the candidate, like in the run)
     from kernel_eval.build import patch_for_compile
+    if int(req.get("nice") or 0) > 0:             # evaluator.compile_priority; the compilers inherit it
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, int(req["nice"])))
+        except OSError:
+            pass
     patch_for_compile(req["cache_dir"], req["out_dir"], bool(req.get("use_pch")), chan.send,
                       object_cache=bool(req.get("object_cache")), light_headers=bool(req.get("light_headers")),
                       dedupe_wait_s=float(req.get("dedupe_wait_s") or 0.0))
@@ -252,39 +258,91 @@ def _structure(out: list, inputs: list) -> Optional[tuple[str, str]]:
     return None
 
 
-_HOLD_CYCLES = 60_000_000        # ~30 ms of torch.cuda._sleep at H100/H200 clocks (1.7-2 GHz)
+HOST_WRITE_WINDOW_S = 0.02       # after a candidate call returns, before its outputs are fingerprinted again
+HOLD_START_CYCLES = 40_000_000   # first side-stream hold: ~20 ms of torch.cuda._sleep at H100/H200 clocks (~2 GHz),
+#                                  as long as the host-write window, which each call waits anyway
+HOLD_MAX_TRIES = 4               # a hold that ended too early is retried 4x longer, up to 3 times (~20 ms -> 1.3 s)
+HOLD_MAX_CYCLES = HOLD_START_CYCLES * 4 ** (HOLD_MAX_TRIES - 1)
 
 
-def _hold_side_streams(device: str, streams: list) -> None:
-    """Make work that a call leaves on other streams wait: every stream of PyTorch's CUDA stream pool (the ones
-    at::cuda::getStreamFromPool hands out, however its name is spelled in the source) gets a ~30 ms spin kernel
-    first. A candidate that launches there and returns without joining its current stream then cannot have written
-    its outputs by the time _fingerprint reads them on the current stream: the deferred write is caught every
-    time, not only when the side kernel happens to be slower than the fingerprint. A candidate that joins the side
-    stream back into the current one (event wait) only waits ~30 ms longer. `streams` caches the pool's handles."""
-    import torch
-    if not device.startswith("cuda"):
-        return
-    if not streams:
-        least, greatest = torch.cuda.Stream.priority_range()          # e.g. (0, -5): lower is more urgent
-        seen = set()
-        for prio in range(greatest, least + 1):
-            for _ in range(32):                                         # c10's pool: 32 streams per priority
-                st = torch.cuda.Stream(device=device, priority=prio)    # round-robin over the pool
-                if st.cuda_stream not in seen:
-                    seen.add(st.cuda_stream)
-                    streams.append(st)
-    current = torch.cuda.current_stream().cuda_stream
-    for st in streams:
-        if st.cuda_stream != current:
-            with torch.cuda.stream(st):
-                torch.cuda._sleep(_HOLD_CYCLES)
+class SideStreamHold:
+    """Make work that a call leaves on other streams wait until its outputs have been fingerprinted. One spin
+    kernel runs on one stream of PyTorch's CUDA stream pool, an event is recorded after it, and every other pool
+    stream (the ones at::cuda::getStreamFromPool hands out, however its name is spelled in the source) waits for
+    that event, before the call. (One spin kernel, not one per stream: the GPU runs at most 128 kernels at once,
+    and ~190 spinning streams would keep the candidate's own kernels waiting.) A candidate that launches on a pool
+    stream and returns without joining its current stream cannot have written its outputs when _fingerprint reads
+    them on the current stream, as long as the spin ends after the fingerprint's sums: `conclusive` checks exactly
+    that with timing events (after a device-wide synchronize). When the spin ended first because the call's work
+    on its current stream outlasted the hold, the call is made again with a 4x longer hold (at most
+    HOLD_MAX_CYCLES), which then stays for the next calls. When the call itself waited for the spin (a device-wide
+    synchronize inside it: its host time covers the spin), a longer hold would be waited for as well, so the call
+    stands. That is also what a candidate's first call looks like: the first launch of a kernel loads its module
+    lazily, and the load waits for running kernels, the spin included; its later calls are held. A candidate that
+    joins the side stream back into its current one (event wait) only waits for the spin. Measured on an H100:
+    benchmarks/results/probe_side_stream_hold_h100.txt. CPU: nothing to hold."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.device = device
+        self.cycles = HOLD_START_CYCLES
+        self.streams: list = []
+        self.start_event = self.end_event = self.fp_event = None
+
+    def launch(self) -> None:
+        import torch
+        if not self.cuda:
+            return
+        if not self.streams:
+            least, greatest = torch.cuda.Stream.priority_range()         # e.g. (0, -5): lower is more urgent
+            seen = set()
+            for prio in range(greatest, least + 1):
+                for _ in range(32):                                        # c10's pool: 32 streams per priority
+                    st = torch.cuda.Stream(device=self.device, priority=prio)   # round-robin over the pool
+                    if st.cuda_stream not in seen:
+                        seen.add(st.cuda_stream)
+                        self.streams.append(st)
+            self.start_event, self.end_event, self.fp_event = (torch.cuda.Event(enable_timing=True)
+                                                               for _ in range(3))
+        current = torch.cuda.current_stream()
+        held = [st for st in self.streams if st.cuda_stream != current.cuda_stream]
+        if not held:
+            return
+        spinner = held[0]
+        try:
+            torch.cuda.set_stream(spinner)
+            self.start_event.record(spinner)
+            torch.cuda._sleep(self.cycles)
+            self.end_event.record(spinner)
+        finally:
+            torch.cuda.set_stream(current)
+        for st in held[1:]:
+            st.wait_event(self.end_event)
+
+    def mark_fingerprint(self) -> None:
+        """Called on the current stream right after the return fingerprint's sums were launched."""
+        if self.cuda and self.fp_event is not None:
+            self.fp_event.record()
+
+    def conclusive(self, call_s: float) -> bool:
+        """After a device-wide synchronize: did the spin end after the return fingerprint's sums? Also True when
+        the call took as long on the host as the spin on the GPU (it waited for it: holding longer cannot help)."""
+        if not self.cuda or self.fp_event is None or len(self.streams) < 2:
+            return True
+        if self.fp_event.elapsed_time(self.end_event) > 0.0:
+            return True
+        return call_s * 1e3 >= 0.9 * self.start_event.elapsed_time(self.end_event)
+
+    def lengthen(self) -> None:
+        self.cycles = min(self.cycles * 4, HOLD_MAX_CYCLES)
 
 
-def _fingerprint(out: list, device: str) -> list:
+def _fingerprint(out: list, device: str, hold: Optional[SideStreamHold] = None) -> list:
     """Checksums computed on the current stream right after the call (before a device-wide synchronize)."""
     import torch
     sums = [o.detach().double().sum() if o.is_floating_point() else o.detach().long().sum() for o in out]
+    if hold is not None:
+        hold.mark_fingerprint()
     if device.startswith("cuda"):
         torch.cuda.current_stream().synchronize()          # only this stream: work elsewhere may still run
     return [repr(float(s.item())) for s in sums]          # repr: NaN compares equal to itself
@@ -293,6 +351,7 @@ def _fingerprint(out: list, device: str) -> list:
 def _run(req: dict, chan: Channel) -> None:
     import torch
     from kernel_eval.build import patch_for_run
+    t_start = time.monotonic()
     device = req["device"]
     torch.set_num_threads(int(req["threads"]))
     if device.startswith("cuda"):
@@ -306,18 +365,23 @@ def _run(req: dict, chan: Channel) -> None:
     trials = [[_to(x, device) for x in _make_inputs(ref_mod, t["dist"], int(t["seed"]))] for t in req["trials"]]
     torch.manual_seed(int(req["init_seed"]))
     ref = ref_mod.Model(*init_inputs).to(device)
+    phases = {"setup": time.monotonic() - t_start}          # seconds per phase, reported with correctness_done
+    t0 = time.monotonic()
     ref_modified, out_bytes = _reference_phase(ref, trials, device, chan)
     gc.collect()
     _poison(device)
     poison_bytes = 2 * out_bytes         # per call, the stale buffers that matter are the reference's outputs
+    phases["reference"] = time.monotonic() - t0
 
     patch_for_run(req["ext_dir"])
     t0 = time.monotonic()
     cand_mod = _exec_module("candidate_module", req["code"])
     torch.manual_seed(int(req["init_seed"]))
     cand = cand_mod.ModelNew(*init_inputs).to(device)
-    chan.send({"type": "loaded", "seconds": time.monotonic() - t0})
-    pool_streams: list = []
+    phases["load"] = time.monotonic() - t0
+    chan.send({"type": "loaded", "seconds": phases["load"]})
+    t0 = time.monotonic()
+    hold = SideStreamHold(device)
     for i, inputs in enumerate(trials):
         digests = [_digest(x) for x in inputs]
         for rep in range(2):
@@ -325,22 +389,32 @@ def _run(req: dict, chan: Channel) -> None:
                 with torch.no_grad():
                     ref(*_clone(inputs))                     # the reference runs between the two candidate calls
                 _sync(device)
-            _poison(device, poison_bytes)
-            x = _clone(inputs)
-            _hold_side_streams(device, pool_streams)
-            with torch.no_grad():
-                out = _as_list(cand(*x))
-            problem = _structure(out, x)
-            if problem:
-                chan.send({"type": "verdict", "reason": problem[0], "detail": problem[1]})
-                return
-            fp_return = _fingerprint(out, device)
-            _sync(device)
-            time.sleep(0.02)                                 # a host thread still writing would change the outputs
-            if _fingerprint(out, device) != fp_return:
-                chan.send({"type": "verdict", "reason": "deferred_write",
-                           "detail": "the outputs changed after the call returned (work still running)"})
-                return
+            for attempt in range(HOLD_MAX_TRIES):
+                _poison(device, poison_bytes)
+                x = _clone(inputs)
+                hold.launch()
+                t_call = time.monotonic()
+                with torch.no_grad():
+                    out = _as_list(cand(*x))
+                t_call = time.monotonic() - t_call
+                problem = _structure(out, x)
+                if problem:
+                    chan.send({"type": "verdict", "reason": problem[0], "detail": problem[1]})
+                    return
+                fp_return = _fingerprint(out, device, hold)
+                t_return = time.monotonic()
+                _sync(device)                                # waits for the side-stream holds too
+                # a host thread still writing would change the outputs: it gets 20 ms after the return
+                # fingerprint (part of it already spent in the synchronize)
+                time.sleep(max(0.0, HOST_WRITE_WINDOW_S - (time.monotonic() - t_return)))
+                if _fingerprint(out, device) != fp_return:
+                    chan.send({"type": "verdict", "reason": "deferred_write",
+                               "detail": "the outputs changed after the call returned (work still running)"})
+                    return
+                if hold.conclusive(t_call) or attempt == HOLD_MAX_TRIES - 1:
+                    break
+                hold.lengthen()                              # a spin ended before the fingerprint: call again
+                del out, x
             for j, o in enumerate(out):
                 h, data = _tensor_frame(o)
                 chan.send(dict(h, type="cand", trial=i, rep=rep, index=j, device=str(o.device)), data)
@@ -353,7 +427,8 @@ def _run(req: dict, chan: Channel) -> None:
                                "detail": f"input {j} was modified by the kernel (the reference leaves it unchanged)"})
                     return
             del out, x
-    chan.send({"type": "correctness_done"})
+    phases["correctness"] = time.monotonic() - t0
+    chan.send({"type": "correctness_done", "phase_s": phases})
     cmd = json.loads(sys.stdin.readline() or "{}")
     if cmd.get("cmd") == "time":
         _timing(ref, cand, trials, req, device, chan)
@@ -439,6 +514,7 @@ def _timing(ref: Any, cand: Any, trials: list, req: dict, device: str, chan: Cha
         return (time.perf_counter() - t0) * 1e3
 
     ref_ms, ker_ms = [], []
+    t0 = time.monotonic()
     with torch.no_grad():
         for w in range(int(cfg["warmup"])):
             x = sets[w % len(sets)]
@@ -452,4 +528,4 @@ def _timing(ref: Any, cand: Any, trials: list, req: dict, device: str, chan: Cha
             else:
                 ref_ms.append(once(ref, x))
                 ker_ms.append(once(cand, x))
-    chan.send({"type": "timing", "ref_ms": ref_ms, "kernel_ms": ker_ms})
+    chan.send({"type": "timing", "ref_ms": ref_ms, "kernel_ms": ker_ms, "seconds": time.monotonic() - t0})

@@ -110,6 +110,7 @@ class RunJudge:
         self.sizes: Optional[dict] = None
         self.correctness_done = False
         self.done = False
+        self.phase_s: dict = {}
 
     def on_message(self, h: dict, payload: Optional[bytes]) -> Optional[dict]:
         kind = h.get("type")
@@ -134,12 +135,15 @@ class RunJudge:
                 self.error = h
             elif kind == "timing":
                 self.timing = h
+                self.phase_s["timing"] = float(h.get("seconds") or 0.0)
             elif kind == "sizes" and self.sizes is None:       # sent before any candidate code is loaded
                 self.sizes = {k: h.get(k) for k in ("input_bytes", "output_bytes", "flops")}
             elif kind == "done":
                 self.done = True
             elif kind == "correctness_done":
                 self.correctness_done = True
+                self.phase_s.update({str(k): float(v) for k, v in (h.get("phase_s") or {}).items()
+                                     if isinstance(v, (int, float))})
                 self._check_counts()
                 self.ref, self.ref64, self.ref_input = {}, {}, {}
                 return {"cmd": "stop" if self.verdict else "time"}
@@ -259,6 +263,7 @@ def run_candidate(task: Any, code: str, keys: list, cfg: Any, res: EvalResult,
         out = sb.run("run", request, on_message=judge.on_message)
         res.run_s = out.wall_s
         res.startup_s = out.startup_s or 0.0
+        res.phase_s = {k: round(v, 4) for k, v in judge.phase_s.items()}
         return _judge_run(res, judge, out, cfg)
     finally:
         if not sb.used:

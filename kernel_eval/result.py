@@ -37,6 +37,9 @@ class EvalResult:
     compile_s: float = 0.0             # wall seconds spent compiling (0 on a cache hit without a compile process)
     run_s: float = 0.0                 # wall seconds of the sandboxed run (start-up + checks + timing)
     startup_s: float = 0.0             # of run_s: request sent -> sandbox ready (~0 with a pre-spawned process)
+    phase_s: dict = field(default_factory=dict)  # of run_s, inside the sandbox: setup (inputs, reference model),
+    #                                    reference (its outputs, poison), load (candidate module and extension),
+    #                                    correctness (the candidate calls and their checks), timing
     feedback: str = ""                 # the text the model sees on its next turn
     detail: str = ""                   # longer diagnostic (mismatch numbers, trimmed compiler log, message)
     cache_hit: bool = False            # every extension came from the build cache
