@@ -266,7 +266,9 @@ class Sandbox:
     def run(self, mode: str, request: dict,
             on_message: Optional[Callable[[dict, Optional[bytes]], Optional[dict]]] = None,
             keep_workdir: bool = False) -> SandboxOutcome:
-        """Send the one request, exchange frames until the child ends or the wall clock runs out, kill the group."""
+        """Send the one request, exchange frames until the child ends or the wall clock runs out, kill the group.
+        A run child's "done" frame ends the exchange at once: its exit (on CUDA a context to tear down) is not
+        waited for, the group is killed and reaped on a background thread."""
         if self.used:
             raise RuntimeError("a sandbox serves exactly one request")
         self.used = True
@@ -274,6 +276,7 @@ class Sandbox:
         t0 = time.monotonic()
         reader = _FrameReader()
         timed_out = False
+        finished = False                 # the child sent "done", its last frame
         startup_s: Optional[float] = None
         try:
             proc.stdin.write((json.dumps(dict(request, mode=mode, msg_fd=self.msg_fd)) + "\n").encode())
@@ -301,6 +304,8 @@ class Sandbox:
             for header, payload in reader.feed(data):
                 if header.get("type") == "started" and startup_s is None:
                     startup_s = time.monotonic() - t0
+                if header.get("type") == "done":
+                    finished = True
                 reply = on_message(header, payload) if on_message else None
                 if reply is not None:
                     try:
@@ -308,13 +313,23 @@ class Sandbox:
                         proc.stdin.flush()
                     except (BrokenPipeError, OSError):
                         pass
-            if reader.error:
+            if reader.error or (finished and mode == "run"):
                 break
-        if not timed_out:           # it closed the pipe; it may linger (atexit hooks, a stuck thread): killed below
-            _reap(proc, max(0.1, min(5.0, deadline - time.monotonic())))
-        cpu_s = _kill_group(proc)
+        early = finished and mode == "run"
+        if early:
+            # A run child has nothing more to say after its last frame; its exit (a CUDA context torn down) is
+            # not waited for: the group is killed now and reaped in the background. Its CPU seconds are not
+            # reported (only compiles report them).
+            cpu_s = None
+            _kill_group_async(proc)
+        else:
+            if not timed_out:       # it closed the pipe; it may linger (atexit hooks, a stuck thread): killed below
+                _reap(proc, max(0.1, min(5.0, deadline - time.monotonic())))
+            cpu_s = _kill_group(proc)
         os.close(self.msg_r)
-        outcome = SandboxOutcome(returncode=proc.returncode, timed_out=timed_out, wall_s=time.monotonic() - t0,
+        # a run child that sent its last frame counts as having exited normally (it is being killed, unreaped)
+        outcome = SandboxOutcome(returncode=0 if early else proc.returncode, timed_out=timed_out,
+                                 wall_s=time.monotonic() - t0,
                                  frames=reader.frames, stderr_tail=_tail(self.err_path),
                                  stdout_tail=_tail(self.out_path, 1000), network_isolated=self.network_isolated,
                                  protocol_error=reader.error, warm_s=t0 - self.spawned_at,
@@ -440,6 +455,15 @@ def _reap(proc: subprocess.Popen, timeout_s: float) -> Optional[float]:
             return None
         time.sleep(0.01)
     return getattr(proc, "_sandbox_cpu_s", None)
+
+
+def _kill_group_async(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group now; reap it on a daemon thread."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    threading.Thread(target=_kill_group, args=(proc,), name="sandbox-reaper", daemon=True).start()
 
 
 def _kill_group(proc: subprocess.Popen) -> Optional[float]:
