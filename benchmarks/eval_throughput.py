@@ -463,10 +463,11 @@ def main() -> int:
     for k, r in rows.items():
         t = r.get("timeline_summary")
         if t:
-            table.append(f"\n{k}: first result at {t['first_result_s']:.1f} s, median at {t['median_result_s']:.1f} s, "
-                         f"last compile ended at {t['last_compile_end_s']:.1f} s; GPU runner busy {t['gpu_busy_s']:.1f} s "
-                         f"from {t['first_gpu_start_s']:.1f} s on ({100 * (t['gpu_busy_fraction_after_first'] or 0):.0f}%"
-                         f"); sandbox phases (s, sum): {t['phase_s']}")
+            busy = 100 * (t["gpu_busy_fraction_after_first"] or 0)
+            table.append(f"\n{k}: first result at {t['first_result_s']:.1f} s, median at {t['median_result_s']:.1f} "
+                         f"s, last compile ended at {t['last_compile_end_s']:.1f} s; GPU runner busy "
+                         f"{t['gpu_busy_s']:.1f} s from {t['first_gpu_start_s']:.1f} s on ({busy:.0f}%); sandbox "
+                         f"phases (s, sum): {t['phase_s']}")
     table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers, "
                  f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers; "
                  f"{rows['ours'].get('waited_builds', 0)} extensions taken from a concurrent compile of the same C++ "

@@ -26,8 +26,9 @@ CUDA notes: the device is the runner's `cuda:0` (CUDA_VISIBLE_DEVICES survives t
 runner's assignment holds); inputs are moved to it before the candidate exists; the L2 flush buffer is twice the
 device's L2 (H100: 2 x 50 MB) and is zeroed before every timed call; events are recorded on the current stream with a
 device-wide synchronize before the end event, so work on any stream counts; a host thread still writing is given
-20 ms after the call returned (and a device-wide synchronize) before the outputs are fingerprinted again. A CUDA fault (illegal address) surfaces as
-an exception at the next synchronize and ends this process; nothing of its context survives.
+20 ms after the call returned (and a device-wide synchronize) before the outputs are fingerprinted again. A CUDA
+fault (illegal address) surfaces as an exception at the next synchronize and ends this process; nothing of its
+context survives.
 
 Limits: timing happens in the candidate's own process, so a candidate that patches timers could lie; the static
 checks reject such code (monkey_patching, introspection). Freed small CPU allocations that malloc keeps in its heap
@@ -270,17 +271,19 @@ class SideStreamHold:
     kernel runs on one stream of PyTorch's CUDA stream pool, an event is recorded after it, and every other pool
     stream (the ones at::cuda::getStreamFromPool hands out, however its name is spelled in the source) waits for
     that event, before the call. (One spin kernel, not one per stream: the GPU runs at most 128 kernels at once,
-    and ~190 spinning streams would keep the candidate's own kernels waiting.) A candidate that launches on a pool
-    stream and returns without joining its current stream cannot have written its outputs when _fingerprint reads
-    them on the current stream, as long as the spin ends after the fingerprint's sums: `conclusive` checks exactly
-    that with timing events (after a device-wide synchronize). When the spin ended first because the call's work
-    on its current stream outlasted the hold, the call is made again with a 4x longer hold (at most
-    HOLD_MAX_CYCLES), which then stays for the next calls. When the call itself waited for the spin (a device-wide
-    synchronize inside it: its host time covers the spin), a longer hold would be waited for as well, so the call
-    stands. That is also what a candidate's first call looks like: the first launch of a kernel loads its module
-    lazily, and the load waits for running kernels, the spin included; its later calls are held. A candidate that
-    joins the side stream back into its current one (event wait) only waits for the spin. Measured on an H100:
-    benchmarks/results/probe_side_stream_hold_h100.txt. CPU: nothing to hold."""
+    and the pool has 128 streams on an H100, so spinning them all kept the candidate's own kernels waiting.)
+
+    A candidate that launches on a pool stream and returns without joining its current stream cannot have written
+    its outputs when _fingerprint reads them on the current stream, as long as the spin ends after the
+    fingerprint's sums: `conclusive` checks exactly that with timing events (after a device-wide synchronize).
+    When the spin ended first because the call's work on its current stream outlasted the hold, the call is made
+    again with a 4x longer hold (at most HOLD_MAX_CYCLES), which then stays for the next calls. When the call
+    itself waited for the spin (a device-wide synchronize inside it: its host time covers the spin), a longer hold
+    would be waited for as well, so the call stands. That is also what a candidate's first call looks like: the
+    first launch of a kernel loads its module lazily, and the load waits for running kernels, the spin included;
+    its later calls are held. A candidate that joins the side stream back into its current one (event wait) only
+    waits for the spin. Measured on an H100: benchmarks/results/probe_side_stream_hold_h100.txt. CPU: nothing to
+    hold."""
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
