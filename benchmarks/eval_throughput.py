@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import json
 import os
 import re
@@ -419,7 +420,6 @@ def main() -> int:
             args.timeout_s - (time.monotonic() - t_start) - 5.0
         t0 = time.monotonic()
         if label != "baseline":
-            import dataclasses
             c = cfg if label == "ours" else dataclasses.replace(
                 cfg, compile_priority="fair", cache_dir=os.path.join(work, "ours-fair-cache"))
             results, split = run_ours(cands, c, share, workers)

@@ -340,6 +340,55 @@ class SideStreamHold:
         self.cycles = min(self.cycles * 4, HOLD_MAX_CYCLES)
 
 
+def probe_side_stream_hold(device: str = "cuda:0") -> dict:
+    """SideStreamHold on this process's GPU with torch ops standing in for candidates (no compile, ~3 s), for the
+    GPU test and benchmarks/probe_side_stream_hold.py. Per case: (return fingerprint, conclusive, ms from the
+    fingerprint's sums to the spin's end, spin ms, host ms of the call), on a tensor of n ones. Cases: "fast"
+    (x * 2, three times), "deferred" (x * 2 finished by + 1 on a pool stream that is not joined: the fingerprint
+    must be 2n), "sync" (synchronizes the device inside the call), "slow" (80 ms of current-stream work under the
+    first hold) and "slow16" (the same under a 16x longer hold). The kernels run once first: a kernel's first
+    launch loads its module lazily, and the load waits for running kernels, the spin included."""
+    import torch
+    hold = SideStreamHold(device)
+    x = torch.ones(1 << 20, device=device)
+    warm = x * 2
+    warm.add_(1)
+    float(warm.sum())
+    torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+
+    def call(fn: Any) -> tuple:
+        hold.launch()
+        t = time.monotonic()
+        out = fn()
+        t = time.monotonic() - t
+        fp = float(out.sum())                        # .item() waits for the current stream only
+        hold.mark_fingerprint()
+        torch.cuda.synchronize()
+        return (fp, hold.conclusive(t), round(hold.fp_event.elapsed_time(hold.end_event), 3),
+                round(hold.start_event.elapsed_time(hold.end_event), 3), round(t * 1e3, 3))
+
+    def deferred() -> Any:
+        y = x * 2
+        side = torch.cuda.Stream(device=device)      # a pool stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            y.add_(1)
+        return y
+
+    def slow() -> Any:
+        torch.cuda._sleep(4 * HOLD_START_CYCLES)
+        return x * 2
+
+    res: dict = {"n": x.numel(), "fast": [call(lambda: x * 2) for _ in range(3)], "deferred": call(deferred),
+                 "sync": call(lambda: (torch.cuda.synchronize(), x * 3)[1]), "slow": call(slow)}
+    hold.lengthen()
+    hold.lengthen()
+    res["slow16"] = call(slow)
+    res["streams"] = len(hold.streams)
+    return res
+
+
 def _fingerprint(out: list, device: str, hold: Optional[SideStreamHold] = None) -> list:
     """Checksums computed on the current stream right after the call (before a device-wide synchronize)."""
     import torch

@@ -327,8 +327,8 @@ class Sandbox:
                 _reap(proc, max(0.1, min(5.0, deadline - time.monotonic())))
             cpu_s = _kill_group(proc)
         os.close(self.msg_r)
-        # a run child that sent its last frame counts as having exited normally (it is being killed, unreaped)
-        outcome = SandboxOutcome(returncode=0 if early else proc.returncode, timed_out=timed_out,
+        # a run child that sent "done" is not waited for: no exit status (the reaper's SIGKILL is not its own end)
+        outcome = SandboxOutcome(returncode=None if early else proc.returncode, timed_out=timed_out,
                                  wall_s=time.monotonic() - t0,
                                  frames=reader.frames, stderr_tail=_tail(self.err_path),
                                  stdout_tail=_tail(self.out_path, 1000), network_isolated=self.network_isolated,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import shutil
 import tempfile
 import time
@@ -173,6 +174,22 @@ def test_cache_and_prespawned_sandbox(relu_ok):
     assert r2.correct and not r2.cache_hit and r2.compile_s < 15.0, r2.compile_s
     assert 0.0 <= r2.startup_s < r2.run_s
     print(f"run stage {r2.run_s:.2f}s of which start-up {r2.startup_s:.2f}s; compile process {r2.compile_s:.2f}s")
+
+
+def test_run_sandbox_ends_at_its_done_frame_and_is_reaped(monkeypatch):
+    """A run sandbox's exchange ends at its "done" frame: the process is not waited for but killed, and reaped on
+    a background thread (its exit status is then the SIGKILL)."""
+    import kernel_eval.sandbox as sandbox
+    ended = []
+    original = sandbox._kill_group_async
+    monkeypatch.setattr(sandbox, "_kill_group_async", lambda proc: (ended.append(proc), original(proc)))
+    r = evaluate_candidate(RELU_TASK, RELU_OK, make_cfg(timing_trials=1, timing_warmup=0, correctness_trials=1))
+    assert r.correct and r.stage == "done", r.to_dict()
+    assert len(ended) == 1                        # the run ended early; the compile (if any) was waited for
+    deadline = time.monotonic() + 15
+    while ended[0].returncode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended[0].returncode == -signal.SIGKILL
 
 
 def test_warm_pool_serves_one_request_per_process():

@@ -168,45 +168,14 @@ def test_cuda_visible_devices_reaches_the_sandbox(monkeypatch):
 def test_side_stream_hold_verifies_itself():
     """kernel_eval.child.SideStreamHold, in this process (no compile): work a call leaves on a pool stream has not
     run when the return fingerprint is taken; a call whose current-stream work outlasts the hold is reported as
-    inconclusive until the hold is long enough; a call that synchronizes the device (so waits for the spins)
+    inconclusive until the hold is long enough; a call that synchronizes the device (so waits for the spin)
     stands as it is."""
-    import time
-
-    import torch
-    from kernel_eval.child import HOLD_START_CYCLES, SideStreamHold
-    hold = SideStreamHold("cuda:0")
-    x = torch.ones(1 << 20, device="cuda")
-    y0 = x * 2                                       # first launches load their kernels lazily, and a load waits
-    y0.add_(1)                                       # for running kernels (the spin too): load them before
-    float(y0.sum())
-    torch.cuda._sleep(1000)
-    torch.cuda.synchronize()
-
-    def call(fn):
-        hold.launch()
-        t = time.monotonic()
-        out = fn()
-        t = time.monotonic() - t
-        fp = float(out.sum())                       # .item() waits for the current stream only
-        hold.mark_fingerprint()
-        torch.cuda.synchronize()
-        return fp, hold.conclusive(t)
-
-    assert call(lambda: x * 2) == (2.0 * x.numel(), True)
-    assert len(hold.streams) >= 32                   # 128 on an H100 (4 priorities x 32)
-
-    def deferred():                                  # the result is finished on a pool stream, not joined
-        y = x * 2
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            y.add_(1)
-        return y
-    fp, ok = call(deferred)
-    assert ok and fp == 2.0 * x.numel(), fp          # the add had not run at the fingerprint: a deferred write shows
-    assert call(lambda: (torch.cuda.synchronize(), x * 3)[1])[1]      # waited for the spins: stands
-    slow = lambda: (torch.cuda._sleep(4 * HOLD_START_CYCLES), x * 2)[1]  # noqa: E731
-    assert call(slow) == (2.0 * x.numel(), False)    # current-stream work outlasted the hold
-    hold.lengthen()
-    hold.lengthen()
-    assert call(slow)[1]
+    from kernel_eval.child import probe_side_stream_hold
+    r = probe_side_stream_hold("cuda:0")
+    two_n = 2.0 * r["n"]
+    assert all(fp == two_n and ok for fp, ok, *_ in r["fast"]), r["fast"]
+    assert r["streams"] >= 32, r                     # 128 on an H100 (4 priorities x 32)
+    assert r["deferred"][:2] == (two_n, True), r["deferred"]   # the + 1 had not run: a deferred write shows
+    assert r["sync"][1], r["sync"]                   # it waited for the spin: stands
+    assert r["slow"][:2] == (two_n, False), r["slow"]          # current-stream work outlasted the hold
+    assert r["slow16"][1], r["slow16"]
