@@ -11,7 +11,9 @@ or another block size (new C++).
   worker per core: no oversubscription; gpu_round.sh part 18 uses 32 on 16 cores) into a content-hash build cache
   (fresh, cold at start; a near-duplicate waits for a concurrent compile of the same C++) with the host-object
   cache (--no-object-cache to turn off), the precompiled header for the host .cpp (--no-pch), light CUDA headers
-  (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), pre-spawned
+  (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), light host
+  headers (each main.cpp first against the light host prelude, torch/extension.h if that fails; --no-light-host),
+  pre-spawned
   sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU
   runs.
 - baseline (KernelBench style, independent of our protocol): per candidate a fresh `python` process that calls
@@ -152,7 +154,7 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
     from kernel_eval.result import EvalResult
     gpu_lock = threading.Lock()
     acc = {"compile_cpu_s": 0.0, "compile_wall_s": 0.0, "startup_s": 0.0, "gpu_s": 0.0, "light_builds": 0,
-           "light_fallbacks": 0, "waited_builds": 0, "waited_s": 0.0}
+           "light_host_builds": 0, "light_fallbacks": 0, "waited_builds": 0, "waited_s": 0.0}
     acc_lock = threading.Lock()
     t_zero = time.monotonic()
     timeline: list = []                  # per candidate: seconds since the start of this side, and the run phases
@@ -171,6 +173,7 @@ def run_ours(cands: list, cfg, budget_s: float, workers: int) -> tuple[list, dic
                 acc["compile_wall_s"] += b.compile_s
                 acc["light_builds"] += b.light_builds
                 acc["light_fallbacks"] += b.light_fallbacks
+                acc["light_host_builds"] += b.light_host_builds
                 acc["waited_builds"] += b.waited_builds
                 acc["waited_s"] += b.waited_s
             if not b.ok:
@@ -380,6 +383,8 @@ def main() -> int:
     ap.add_argument("--no-object-cache", action="store_true", help="ours: no host-object cache")
     ap.add_argument("--no-light", action="store_true", help="ours: compile each .cu with its own torch headers "
                                                             "(evaluator.light_cuda_headers=false)")
+    ap.add_argument("--no-light-host", action="store_true", help="ours: compile each main.cpp with torch/extension.h "
+                                                                 "(evaluator.light_host_headers=false)")
     ap.add_argument("--compile-priority", choices=("fifo", "fair"), default="fifo",
                     help="ours: evaluator.compile_priority (fifo: older compiles first under contention)")
     ap.add_argument("--also-fair", action="store_true",
@@ -402,7 +407,8 @@ def main() -> int:
                           cache_dir=os.path.join(work, "ours-cache"), compile_jobs=max(1, args.compile_jobs),
                           run_timeout_s=60, compile_timeout_s=150, warm_sandboxes=2, work_dir=work,
                           precompiled_header=not args.no_pch, host_object_cache=not args.no_object_cache,
-                          light_cuda_headers=not args.no_light, compile_priority=args.compile_priority)
+                          light_cuda_headers=not args.no_light,
+                          light_host_headers=not args.no_light_host, compile_priority=args.compile_priority)
     # the header is built by the first compile that needs it; the others do not wait for it
     workers = args.compile_workers or max(1, (os.cpu_count() or 2) // cfg.compile_jobs)
     trials = {"correctness_trials": cfg.correctness_trials, "timing_warmup": cfg.timing_warmup,
@@ -411,6 +417,7 @@ def main() -> int:
     print(f"{len(cands)} candidates ({len({c for _, _, c in cands})} distinct sources), {os.cpu_count()} cores; "
           f"ours: {workers} compile workers x {cfg.compile_jobs} jobs, pch={cfg.precompiled_header}, "
           f"object cache={cfg.host_object_cache}, light headers={cfg.light_cuda_headers}, "
+          f"light host headers={cfg.light_host_headers}, "
           f"arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
@@ -448,7 +455,8 @@ def main() -> int:
     summary = {"candidates": len(cands), "compared": len(both), "verdicts_identical": not differ,
                "cores": os.cpu_count(), "compile_workers": workers, "compile_jobs": cfg.compile_jobs,
                "precompiled_header": cfg.precompiled_header, "host_object_cache": cfg.host_object_cache,
-               "light_cuda_headers": cfg.light_cuda_headers, "compile_priority": cfg.compile_priority,
+               "light_cuda_headers": cfg.light_cuda_headers,
+               "light_host_headers": cfg.light_host_headers, "compile_priority": cfg.compile_priority,
                "verdicts_differ": differ, "throughput_ratio": ratio, "size_profile": args.size_profile, **rows}
     with open(os.path.join(out_dir, "eval_throughput.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
@@ -468,8 +476,9 @@ def main() -> int:
                          f"s, last compile ended at {t['last_compile_end_s']:.1f} s; GPU runner busy "
                          f"{t['gpu_busy_s']:.1f} s from {t['first_gpu_start_s']:.1f} s on ({busy:.0f}%); sandbox "
                          f"phases (s, sum): {t['phase_s']}")
-    table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers, "
-                 f"{rows['ours'].get('light_fallbacks', 0)} light builds fell back to the candidate's own headers; "
+    table.append(f"\nours: {rows['ours'].get('light_builds', 0)} extensions built with light headers "
+                 f"({rows['ours'].get('light_host_builds', 0)} with a light main.cpp), "
+                 f"{rows['ours'].get('light_fallbacks', 0)} whose first light build failed; "
                  f"{rows['ours'].get('waited_builds', 0)} extensions taken from a concurrent compile of the same C++ "
                  f"({rows['ours'].get('waited_s', 0.0):.0f} s waited)")
     table.append(f"\nthroughput ratio {ratio:.2f}x; verdicts identical on {len(both)} candidates: {not differ}"

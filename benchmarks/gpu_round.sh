@@ -40,17 +40,21 @@
 #            first version of the hold, which hung (benchmarks/README.md); the fixed hold was then measured with
 #            the eval_throughput.py command of part 20 alone at --timeout-s 190 (device time was short) and with
 #            benchmarks/probe_side_stream_hold.py
+#   part 21 (carry .kit .benchextra, and kb/level1 as in part 18): light host headers (each main.cpp first against
+#            kernel_eval.build's light host prelude instead of torch/extension.h): light_host_check.py on every
+#            main.cpp (light, and the first LHC_FULL with torch/extension.h), then evaluator throughput as in part 20
+#   part 22 (same carry): the evaluator's GPU tests and the light-header GPU test, then the CUDA adversarial sweep
 #   parts 18 + 19 in one call (device time short; ~7 min):
 #     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 LIGHT_CHECK=0 bash benchmarks/gpu_round.sh 18
 #     TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 \
 #       MFU_PROFILE= MFU16=0 bash benchmarks/gpu_round.sh 19
 #     bash benchmarks/gpu_round.sh <part>
 set -u
-part=${1:?part 1-20}
+part=${1:?part 1-22}
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 source .kit/activate.sh || exit 1
 find /tmp/kit/ray/core/src -type f -exec chmod +x {} + 2>/dev/null
-case $part in 1|6|9|12|15|18|19|20) ;; *) source .vllmkit/activate.sh || exit 1 ;; esac   # parts that run vLLM
+case $part in 1|6|9|12|15|18|19|20|21|22) ;; *) source .vllmkit/activate.sh || exit 1 ;; esac   # parts that run vLLM
 export PYTHONPATH=$PWD/.benchextra/site:$PWD${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled
 FINAL=$OUT                     # parts 6-8 work in /tmp and bring back one tarball (at most 8 files come back)
 if [ "$part" -ge 6 ]; then OUT=/tmp/gpu_round_part$part; rm -rf "$OUT"; mkdir -p "$OUT"; fi
@@ -209,6 +213,18 @@ case $part in
   OUT=$OUT/adv timeout ${SWEEP_TIMEOUT_S:-120} python3 benchmarks/adversarial_sweep.py --backend cuda \
     --compile-jobs 16 > "$OUT/adversarial.log" 2>&1
   tar czf "$FINAL/part20.tgz" -C "$OUT" . ;;
+21)
+  [ -d kb/level1 ] && export KERNELBENCH_DIR=$PWD/kb
+  OUT=$OUT/lhc timeout 150 python3 benchmarks/light_host_check.py --jobs 16 --full "${LHC_FULL:-8}" \
+    > "$OUT/light_host_check.log" 2>&1
+  E=${EVAL_TIMEOUT_S:-300}
+  OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" ${EVAL_EXTRA:-} > "$OUT/eval.log" 2>&1 ;;
+22)
+  timeout ${TEST_TIMEOUT_S:-300} python3 -m pytest -q -m gpu tests/test_evaluator_gpu.py tests/test_light_headers.py \
+    -rA > "$OUT/evaluator_gpu_tests.log" 2>&1
+  OUT=$OUT/adv timeout ${SWEEP_TIMEOUT_S:-150} python3 benchmarks/adversarial_sweep.py --backend cuda \
+    --compile-jobs 16 > "$OUT/adversarial.log" 2>&1 ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -167,16 +167,21 @@ def main() -> int:
         li, fu, al, ni = r.get("light", {}), r.get("full", {}), r.get("allops", {}), r.get("noinc", {})
         lines.append(f"| {r['label']} | {'ok' if li.get('ok') else 'FAILED'} | {li.get('cpu_s', '-')} | {cell(ni)} | "
                      f"{cell(al)} | {cell(fu)} |")
-    lines.append(f"\n{summary}")
-    with open(os.path.join(args.out, "light_headers_check.json"), "w") as fh:
+    return write_report(args.out, "light_headers_check", summary, rows, lines, len(ok))
+
+
+def write_report(out: str, name: str, summary: dict, rows: dict, lines: list, n_ok: int) -> int:
+    """$OUT/<name>.{json,md}, the table printed, then the log of every source that failed light; the exit code."""
+    lines = lines + [f"\n{summary}"]
+    with open(os.path.join(out, name + ".json"), "w") as fh:
         json.dump({"summary": summary, "rows": list(rows.values())}, fh, indent=1)
-    with open(os.path.join(args.out, "light_headers_check.md"), "w") as fh:
+    with open(os.path.join(out, name + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     for r in rows.values():
         if r.get("light", {}).get("log"):
             print(f"--- {r['label']} (light) ---\n{r['light']['log']}")
-    return 0 if len(ok) == len(rows) else 1
+    return 0 if n_ok == len(rows) else 1
 
 
 if __name__ == "__main__":

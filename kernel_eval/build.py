@@ -29,6 +29,15 @@ Cheaper builds, each still one extension per candidate compiled from the candida
   autograd, nn, jit or requires_grad skip it; a light build that fails is rebuilt with the candidate's own headers,
   whose log is what the candidate sees. Why the program is the same: see "light CUDA headers" below.
   `python benchmarks/light_headers_check.py` compiles every built-in solution both ways.
+- Light host headers (evaluator.light_host_headers, default on): main.cpp -- a CUDA build's pybind11 binding of
+  the candidate's declarations, a C++ build's whole source -- is first compiled against a light host prelude
+  (ATen's Tensor and operators, the ATen/ops header of every operator it calls, pybind11 with torch's type casters
+  from torch/csrc/utils/pybind.h, torch::wrap_pybind_function) instead of torch/extension.h, whose torch/all.h (the
+  C++ frontend: autograd, nn, jit, optim) the binding does not use: ~12 instead of ~40 g++ CPU-s per main.cpp on
+  the 2-core box (`python benchmarks/light_host_check.py`). A light part that fails is rebuilt as written and the
+  other part stays light (a light .cu with a main.cpp as written, or the reverse); the log the candidate sees is
+  the one of a build whose failing part was as written. The precompiled header then only serves main.cpp files
+  built with torch/extension.h.
 - One build per extension at a time: a compile process that is about to build extension key K takes an exclusive
   lock on <cache>/building/K.lock and holds it until it exits (compile processes are single-use); another one that
   needs K meanwhile (a near-duplicate candidate: other Python, same C++) waits for that lock -- at most half of
@@ -230,17 +239,22 @@ _LEFT_OUT = re.compile(r'^[ \t]*#[ \t]*include[ \t]*<ATen/(?:Context|DeviceGuard
 def light_cuda_sources(cuda_sources: list, ops_dirs: Optional[tuple] = None) -> Optional[list]:
     """The cuda sources of a light build (see above), or None when the source must be built with its own headers.
     Included torch/ATen umbrella headers become empty lines (line numbers kept); the prelude comes first."""
-    text = "\n".join(cuda_sources)
-    if _LIGHT_SKIP.search(text):
+    return _with_prelude(cuda_sources, LIGHT_PRELUDE, _LIGHT_SKIP, ops_dirs)
+
+
+def _with_prelude(sources: list, template: str, skip: re.Pattern, ops_dirs: Optional[tuple]) -> Optional[list]:
+    """[template with the headers of the called operators (and of the global context / device guard when named)]
+    + the sources with torch/ATen umbrella includes blanked; None when `skip` matches."""
+    text = "\n".join(sources)
+    if skip.search(text):
         return None
     dirs = _ops_dirs() if ops_dirs is None else ops_dirs
     names = sorted(set(_CALLED.findall(text)) | set(_QUALIFIED.findall(text)))
     ops = [n for n in names if any(os.path.isfile(os.path.join(d, n + ".h")) for d in dirs)]
     extra = (["ATen/Context.h"] if _NEEDS_CONTEXT.search(text) else []) + \
             (["ATen/DeviceGuard.h"] if _NEEDS_DEVICE_GUARD.search(text) else [])
-    prelude = LIGHT_PRELUDE.replace("{ops}", "\n".join(f"#include <{h}>" for h in
-                                                       extra + [f"ATen/ops/{n}.h" for n in ops]))
-    return [prelude] + [_HEAVY_INCLUDE.sub("", src) for src in cuda_sources]
+    prelude = template.replace("{ops}", "\n".join(f"#include <{h}>" for h in extra + [f"ATen/ops/{n}.h" for n in ops]))
+    return [prelude] + [_HEAVY_INCLUDE.sub("", src) for src in sources]
 
 
 def _light_headers_to_copy() -> list:
@@ -301,20 +315,75 @@ def _as_list(v: Any) -> list:
     return [v] if isinstance(v, str) else list(v or [])
 
 
-def light_call(call: dict, include_dir: Optional[str] = None) -> Optional[dict]:
-    """load_inline arguments of the light build of `call`, or None (not a CUDA build, the candidate controls its
-    implicit headers itself, or the pre-filter). main.cpp is byte-identical to the normal build's (load_inline puts
-    the same include in front of cpp_sources), so the precompiled header and the host-object cache still apply.
-    `include_dir` (light_include_dir) goes first on the .cu's include path only."""
-    cuda = _as_list(call.get("cuda_sources"))
-    if not cuda or call.get("no_implicit_headers"):
+_HOST_SKIP = re.compile(r'requires_grad|\btorch\s*::\s*(?:nn|autograd|jit|optim|data|serialize)\b|'
+                        r'\btorch\s*::\s*tensor\s*\(')
+LIGHT_HOST_PRELUDE = "\n".join([
+    "// light host prelude (kernel_eval.build): in place of torch/extension.h",
+    "#ifndef AT_PER_OPERATOR_HEADERS", "#define AT_PER_OPERATOR_HEADERS", "#endif",
+    "#include <ATen/core/Tensor.h>", "#include <ATen/TensorOperators.h>", "#include <ATen/Dispatch.h>",
+    "#include <ATen/Parallel.h>", "#include <optional>", "{ops}",
+    "#include <torch/csrc/utils/pybind.h>", "#include <torch/csrc/Exceptions.h>",
+    "namespace torch {", "using namespace at; // NOLINT", "using std::nullopt; using std::optional;",
+    "using Dtype = at::ScalarType;"] + [f"constexpr auto {d};" for d in _DTYPES] + ["}  // namespace torch", ""])
+
+
+def light_host_sources(cpp_sources: list, ops_dirs: Optional[tuple] = None) -> Optional[list]:
+    """The cpp sources (main.cpp) of a light host build, or None when they must be built with torch/extension.h.
+    What main.cpp needs from torch/extension.h: the declarations of the candidate's functions (ATen's Tensor, its
+    operators, the ATen/ops header of every operator name the source calls -- a C++-backend candidate's whole
+    implementation is here), pybind11 with torch's type casters (torch/csrc/utils/pybind.h: the one header of
+    torch/extension.h that specializes pybind11's type_caster, so every argument converts as in the full build)
+    and torch::wrap_pybind_function (torch/csrc/Exceptions.h). Left out: torch/all.h (autograd, nn, jit, optim,
+    data, serialize: sources naming those keep the full header) and the rest of torch/python.h (nn module
+    bindings). Umbrella includes become empty lines; the prelude comes first."""
+    return _with_prelude(cpp_sources, LIGHT_HOST_PRELUDE, _HOST_SKIP, ops_dirs)
+
+
+def light_call(call: dict, include_dir: Optional[str] = None, cuda: bool = True, host: bool = False
+               ) -> Optional[dict]:
+    """load_inline arguments of the light build of `call`, or None; see _light_call."""
+    light = _light_call(call, include_dir, cuda, host)
+    return light[1] if light else None
+
+
+def _light_call(call: dict, include_dir: Optional[str], cuda: bool, host: bool) -> Optional[tuple]:
+    """load_inline arguments of the light build of `call`, or None (nothing to make light, the candidate controls
+    its implicit headers itself, or the pre-filters). `cuda`: the .cu against LIGHT_PRELUDE; `host`: main.cpp
+    against LIGHT_HOST_PRELUDE. A part that stays as written gets exactly the text load_inline would give it (the
+    same include in front of cpp_sources), so a full main.cpp is byte-identical to the normal build's and the
+    precompiled header and the host-object cache still apply to it. `include_dir` (light_include_dir) goes first on
+    the include path of each light part. Returns (light parts: a list of "cuda" and "host", the arguments)."""
+    if call.get("no_implicit_headers"):
         return None
-    light = light_cuda_sources(cuda)
-    if light is None:
+    cu = _as_list(call.get("cuda_sources"))
+    cpp = _as_list(call.get("cpp_sources"))
+    light_cu = light_cuda_sources(cu) if cuda and cu else None
+    light_cpp = light_host_sources(cpp) if host else None
+    if light_cu is None and light_cpp is None:
         return None
-    flags = ([f"-I{shlex.quote(include_dir)}"] if include_dir else []) + _as_list(call.get("extra_cuda_cflags"))
-    return dict(call, no_implicit_headers=True, cuda_sources=light, extra_cuda_cflags=flags,
-                cpp_sources=["#include <torch/extension.h>"] + _as_list(call.get("cpp_sources")))
+    inc = [f"-I{shlex.quote(include_dir)}"] if include_dir else []
+    parts = [p for p, v in (("cuda", light_cu), ("host", light_cpp)) if v is not None]
+    out = dict(call, no_implicit_headers=True)
+    if cu:
+        out.update(cuda_sources=light_cu if light_cu is not None else
+                   ["#include <torch/types.h>", "#include <cuda.h>", "#include <cuda_runtime.h>"] + cu,
+                   extra_cuda_cflags=(inc if light_cu is not None else []) + _as_list(call.get("extra_cuda_cflags")))
+    if light_cpp is not None:
+        out.update(cpp_sources=light_cpp, extra_cflags=inc + _as_list(call.get("extra_cflags")))
+    else:
+        out.update(cpp_sources=["#include <torch/extension.h>"] + cpp)
+    return parts, out
+
+
+def _failed_parts(err: str) -> set:
+    """Which parts of a failed build its log names: ninja prints 'FAILED: main.o' / 'FAILED: cuda.cuda.o', the
+    compilers 'main.cpp:LINE' / 'cuda.cu(LINE)'. Empty when it names neither (a link error, say)."""
+    parts = set()
+    if re.search(r"FAILED:\s*\S*\bmain\.o\b", err) or re.search(r"\bmain\.cpp:\d+", err):
+        parts.add("host")
+    if re.search(r"FAILED:\s*\S*\bcuda\.cuda\.o\b", err) or re.search(r"\bcuda\.cu[(:]\d+", err):
+        parts.add("cuda")
+    return parts
 
 
 def _ninja_edges(build_dir: str) -> Optional[list]:
@@ -463,9 +532,11 @@ def claim_build(cache_dir: str, key: str, max_wait_s: float) -> float:
 
 
 def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Callable[[dict], None],
-                      object_cache: bool = False, light_headers: bool = False, dedupe_wait_s: float = 0.0) -> None:
+                      object_cache: bool = False, light_headers: bool = False, dedupe_wait_s: float = 0.0,
+                      light_host: bool = False) -> None:
     """Make load_inline build-only (see module docstring). `report` receives one dict per call (and one per newly
-    built host object when `object_cache`)."""
+    built host object when `object_cache`). `light_headers`: the .cu of a CUDA build first against the light
+    prelude; `light_host`: main.cpp first against the light host prelude (see light_host_sources)."""
     import torch
     import torch.utils.cpp_extension as cpp_ext
     orig = cpp_ext.load_inline
@@ -490,31 +561,47 @@ def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Calla
         os.makedirs(build_dir, exist_ok=True)
         call = dict(bound, build_directory=build_dir, verbose=False)
         logs: list[str] = []
-        if use_pch and cpp_ext.IS_LINUX:
+
+        def with_pch(kw: dict, parts: list) -> dict:   # the precompiled header: for main.cpp with torch/extension.h
+            if not (use_pch and cpp_ext.IS_LINUX) or "host" in parts:
+                return kw
             header = _pch_include(cpp_ext, bound, cache_dir, logs.append)
-            if header:
-                call["extra_cflags"] = [f"-include {shlex.quote(header)}", "-Winvalid-pch"] + list(bound.get("extra_cflags") or [])
+            if not header:
+                return kw
+            return dict(kw, extra_cflags=[f"-include {shlex.quote(header)}", "-Winvalid-pch"]
+                        + _as_list(kw.get("extra_cflags")))
+
         real_import, real_ninja = cpp_ext._import_module_from_library, cpp_ext._run_ninja_build
         cpp_ext._import_module_from_library = lambda *a, **k: None      # stop at the .so: do not load it here
         if object_cache:
             cpp_ext._run_ninja_build = _make_ninja_runner(real_ninja, cache_dir, report, logs.append)
         t0 = time.monotonic()
-        light = None
-        if light_headers and call.get("cuda_sources"):
-            light = light_call(call, light_include_dir(cache_dir))
-        used_light = fallback = False
+        include_dir = light_include_dir(cache_dir) if (light_headers or light_host) else None
+        parts = ([p for p, on in (("cuda", light_headers), ("host", light_host)) if on]
+                 if call.get("cuda_sources") else (["host"] if light_host else []))
+        used: list = []
+        fallback = False
         try:
-            if light is not None:
+            while True:        # light parts first; a light part that fails is built as written, the rest stays
+                light = _light_call(call, include_dir, "cuda" in parts, "host" in parts) if parts else None
+                parts, kw = light if light else ([], call)
                 try:
-                    orig(**light)
-                    used_light = True
-                except Exception as e:             # e.g. a name only the full headers declare: build as written
+                    orig(**with_pch(kw, parts))
+                    used = parts
+                    break
+                except Exception as e:      # e.g. a name only the full headers declare
+                    failed = _failed_parts(str(e))
+                    if not parts or (failed and not failed & set(parts)):
+                        raise                           # a part built as written failed: the candidate's own error
                     fallback = True
-                    first = str(e).strip().splitlines()
-                    logs.append("light headers failed after %.1fs, building with the candidate's own headers (%s)"
-                                % (time.monotonic() - t0, first[-1][:200] if first else type(e).__name__))
-            if not used_light:
-                orig(**call)
+                    lines = str(e).strip().splitlines()
+                    gone = (failed & set(parts)) or set(parts)      # unknown part: every light part goes
+                    parts = [p for p in parts if p not in gone]
+                    logs.append("light headers failed (%s) after %.1fs, building %s with the candidate's own "
+                                "headers (%s)" % (" + ".join(sorted(gone)), time.monotonic() - t0,
+                                                  " and ".join("main.cpp" if p == "host" else "the .cu"
+                                                               for p in sorted(gone)),
+                                                  lines[-1][:200] if lines else type(e).__name__))
         except Exception as e:
             report({"type": "compile_error", "key": key, "log": "\n".join(logs + [str(e)])[-20000:],
                     "light_fallback": fallback})
@@ -524,8 +611,8 @@ def patch_for_compile(cache_dir: str, out_dir: str, use_pch: bool, report: Calla
         sos = [f for f in os.listdir(build_dir) if f.endswith(".so")]
         report({"type": "built", "key": key, "cached": False, "so": sos[0] if sos else None,
                 "sha256": _sha256_file(os.path.join(build_dir, sos[0])) if sos else None,
-                "seconds": time.monotonic() - t0, "log": "\n".join(logs), "light": used_light,
-                "light_fallback": fallback})
+                "seconds": time.monotonic() - t0, "log": "\n".join(logs), "light": "cuda" in used,
+                "light_parts": used, "light_fallback": fallback})
         return _Stub()
 
     cpp_ext.load_inline = load_inline
@@ -566,8 +653,9 @@ class BuildResult:
     cache_hit: bool = False                   # no compile process was needed
     cpu_s: float = 0.0                        # CPU seconds of the compile process and its compilers
     objects_published: int = 0                # new host objects added to the host-object cache
-    light_builds: int = 0                     # extensions built with the light CUDA prelude
-    light_fallbacks: int = 0                  # light builds that failed and were rebuilt with the full headers
+    light_builds: int = 0                     # extensions whose .cu was built against the light prelude
+    light_host_builds: int = 0                # extensions whose main.cpp was built against the light host prelude
+    light_fallbacks: int = 0                  # extensions with a light part that failed (then built as written)
     waited_builds: int = 0                    # extensions taken from a concurrent compile of the same key
     waited_s: float = 0.0                     # seconds spent waiting for such compiles
     nice: int = 0                             # the compile process's nice level (evaluator.compile_priority)
@@ -751,6 +839,7 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
                                  "use_pch": cfg.precompiled_header,
                                  "object_cache": bool(getattr(cfg, "host_object_cache", False)),
                                  "light_headers": bool(getattr(cfg, "light_cuda_headers", False)),
+                                 "light_host_headers": bool(getattr(cfg, "light_host_headers", False)),
                                  "dedupe_wait_s": 0.5 * cfg.compile_timeout_s, "nice": nice}, keep_workdir=True)
     finally:
         ticket.close()
@@ -793,7 +882,9 @@ def compile_candidate(code: str, backend: str, cfg: Any, torch_version: str) -> 
         return BuildResult(ok=True, keys=keys, compile_s=secs, cpu_s=cpu, objects_published=published,
                            nice=nice, log="\n".join(logs), light_fallbacks=fallbacks, waited_builds=len(waited),
                            waited_s=sum(h["waited_s"] for h in waited),
-                           light_builds=sum(1 for h, _ in out.frames if h.get("type") == "built" and h.get("light")))
+                           light_builds=sum(1 for h, _ in out.frames if h.get("type") == "built" and h.get("light")),
+                           light_host_builds=sum(1 for h, _ in out.frames if h.get("type") == "built"
+                                                 and "host" in (h.get("light_parts") or ())))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -142,6 +142,7 @@ def _compile(req: dict, chan: Channel) -> None:
             pass
     patch_for_compile(req["cache_dir"], req["out_dir"], bool(req.get("use_pch")), chan.send,
                       object_cache=bool(req.get("object_cache")), light_headers=bool(req.get("light_headers")),
+                      light_host=bool(req.get("light_host_headers")),
                       dedupe_wait_s=float(req.get("dedupe_wait_s") or 0.0))
     try:
         _exec_module("candidate_module", req["code"])

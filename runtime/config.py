@@ -186,8 +186,9 @@ class EvaluatorConfig:
     memory_limit_mb: int = f(8192, "address-space limit of a CPU sandbox process")
     isolate_network: bool = f(True, "run sandboxes in a new network namespace when the OS allows it")
     precompiled_header: bool = f(True, "build torch/extension.h once per flag set as a precompiled header and "
-                                       "inject it into the host .cpp of C++ and CUDA builds (halves its compile "
-                                       "time; ~0.8 GB per flag set; nvcc's .cu passes cannot use it)")
+                                       "inject it into a main.cpp built with torch/extension.h (light host headers "
+                                       "off, or a light main.cpp that failed; halves its compile time; ~0.8 GB per "
+                                       "flag set; built by the first such build; nvcc's .cu passes cannot use it)")
     compile_jobs: int = f(1, "parallel compiler jobs (ninja MAX_JOBS) inside one compile process; each compile worker "
                              "reserves this many CPUs from Ray (unless compile_worker_cpus is set), so "
                              "num_compile_workers x compile_jobs = the cores Ray gives compilation. 1 suits CUDA "
@@ -211,6 +212,11 @@ class EvaluatorConfig:
                                        "operator headers without ATen's global context first on its include path) "
                                        "instead of torch/extension.h (~5x less nvcc CPU); if that build fails, the "
                                        "candidate's own headers are used and that build's log is the one reported")
+    light_host_headers: bool = f(True, "compile a candidate's main.cpp (a CUDA build's Python binding; a C++ "
+                                       "candidate's whole source) first against a light host prelude (ATen's Tensor, "
+                                       "the ATen/ops headers of the operators it calls, pybind11 with torch's type "
+                                       "casters) instead of torch/extension.h (~3.5x less g++ CPU); if that build "
+                                       "fails, main.cpp is built with torch/extension.h")
     cuda_arch_list: str = f("", "TORCH_CUDA_ARCH_LIST for CUDA builds (part of the build key); '': the environment's, "
                                 "else the node's GPUs from nvidia-smi as torch would pick them (X.Y+PTX)")
     timing_input_sets: int = f(3, "input sets rotated through timed calls (identity caches miss)")

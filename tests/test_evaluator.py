@@ -304,8 +304,9 @@ def test_static_rejection_short_circuits():
 
 @pytest.mark.slow
 def test_precompiled_header_build(tmp_path):
-    """The torch/extension.h precompiled header (built once per flag set, ~36 s) is used by a C++ build."""
-    cfg = make_cfg(cache_dir=str(tmp_path), precompiled_header=True, timing_trials=1)
+    """The torch/extension.h precompiled header (built once per flag set, ~36 s) is used by a C++ build whose
+    main.cpp includes torch/extension.h (light host headers off; a light main.cpp does not include it)."""
+    cfg = make_cfg(cache_dir=str(tmp_path), precompiled_header=True, light_host_headers=False, timing_trials=1)
     r = evaluate_candidate(RELU_TASK, RELU_OK, cfg)
     assert r.correct, r.detail
     assert any(p.endswith(".gch") for _, _, fs in os.walk(tmp_path / "pch") for p in fs)

@@ -86,7 +86,7 @@ def test_light_prelude_declares_what_host_code_uses_without_every_operator():
     assert not any(h.endswith("ATen/Functions.h") for h in headers)
 
 
-def _host_headers(text: str, include_dir=None) -> tuple:
+def _host_headers(text: str, include_dir=None, extra=()) -> tuple:
     """(returncode, stderr, headers) of parsing the host half of a light source with the host compiler."""
     import subprocess
     import torch.utils.cpp_extension as cpp_ext
@@ -95,7 +95,7 @@ def _host_headers(text: str, include_dir=None) -> tuple:
         pytest.skip("no host C++ compiler")
     text = text.replace("#include <cuda.h>", "").replace("#include <cuda_runtime.h>", "")
     inc = ([f"-I{include_dir}"] if include_dir else []) + \
-        [f"-I{d}" for d in cpp_ext.include_paths() if os.path.isdir(d)]
+        [f"-I{d}" for d in list(cpp_ext.include_paths()) + list(extra) if os.path.isdir(d)]
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "host.cpp")
         with open(path, "w") as fh:
@@ -235,6 +235,183 @@ def test_light_first_then_own_headers(monkeypatch, light_fails, full_fails, enab
         assert r["type"] == "built" and r["light"] is (calls == ["light"])
         assert r["light_fallback"] is (calls == ["light", "full"])
         assert ("light headers failed" in r["log"]) is r["light_fallback"]
+
+
+# ------------------------------------------------------------------------------------------------ light host (main.cpp)
+def test_light_host_prelude_replaces_torch_extension_h():
+    prelude, body = build.light_host_sources([HOST_SRC])
+    assert body.count("\n") == HOST_SRC.count("\n") and "torch/extension.h" not in body
+    assert body.splitlines()[1:] == HOST_SRC.splitlines()[1:]
+    assert {"zeros_like", "empty", "cat", "stack", "relu", "sigmoid", "matmul"} <= _ops(prelude)
+    for h in ("torch/csrc/utils/pybind.h", "torch/csrc/Exceptions.h", "ATen/core/Tensor.h", "ATen/Parallel.h"):
+        assert f"#include <{h}>" in prelude
+    included = [ln for ln in prelude.splitlines() if ln.startswith("#include")]
+    assert not [ln for ln in included if "torch/extension.h" in ln or "torch/all.h" in ln], included
+
+
+@pytest.mark.parametrize("snippet", [
+    "torch::nn::functional::relu(x);", "torch::autograd::grad({y}, {x});", "torch::jit::load(p);",
+    "torch::optim::SGD o;", "torch::data::Example<> e;", "torch::serialize::OutputArchive a;",
+    "x.requires_grad_(true);", "auto t = torch::tensor({1, 2});"])
+def test_host_sources_whose_meaning_the_prelude_would_change_keep_torch_extension_h(snippet):
+    assert build.light_host_sources([HOST_SRC + snippet + "\n"]) is None
+    assert build.light_call({"cpp_sources": HOST_SRC + snippet}, host=True) is None
+
+
+def test_host_prelude_keeps_pybind11():
+    """main.cpp is the Python binding: pybind11 code is what it is for (the .cu prelude has no pybind11)."""
+    src = HOST_SRC + "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def(\"f\", &f); py::object o; }\n"
+    assert build.light_host_sources([src]) is not None
+
+
+def test_light_call_parts():
+    cpp = "torch::Tensor f(torch::Tensor x);"
+    both = build.light_call({"cuda_sources": [SRC], "cpp_sources": cpp, "extra_cflags": ["-O3"]}, "/inc", host=True)
+    assert both["cpp_sources"][0].startswith("// light host prelude") and both["extra_cflags"] == ["-I/inc", "-O3"]
+    assert both["cuda_sources"][0].startswith("// light prelude")
+    host_only = build.light_call({"cuda_sources": [SRC + "py::object o;"], "cpp_sources": cpp}, "/inc", host=True)
+    assert host_only["cpp_sources"][0].startswith("// light host prelude")
+    implicit = ["#include <torch/types.h>", "#include <cuda.h>", "#include <cuda_runtime.h>"]
+    assert host_only["cuda_sources"][:3] == implicit
+    assert host_only.get("extra_cuda_cflags") == []           # the .cu as written: its own flags, no light include dir
+    cu_only = build.light_call({"cuda_sources": [SRC], "cpp_sources": cpp}, "/inc", host=False)
+    assert cu_only["cpp_sources"] == ["#include <torch/extension.h>", cpp] and "extra_cflags" not in cu_only or \
+        not cu_only.get("extra_cflags")
+    cpp_build = build.light_call({"cpp_sources": [HOST_SRC]}, None, host=True)
+    assert cpp_build["no_implicit_headers"] is True and "cuda_sources" not in cpp_build or not cpp_build["cuda_sources"]
+
+
+def test_light_main_cpp_parses_without_torch_all_h(tmp_path):
+    """The light main.cpp of a C++ build (its whole source, then load_inline's binding) parses with the host
+    compiler, with pybind11 and torch's type casters, without torch/all.h, ATen/Functions.h or ATen/Context.h."""
+    import sysconfig
+    inc = build.light_include_dir(str(tmp_path))
+    text = "\n".join(build.light_host_sources([HOST_SRC])) + \
+        '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\nm.def("f", torch::wrap_pybind_function(f), "f");\n}\n'
+    rc, err, headers = _host_headers("#define TORCH_EXTENSION_NAME light_probe\n" + text, inc,
+                                     [sysconfig.get_paths()["include"]])
+    assert rc == 0, err[-3000:]
+    assert any(h.endswith("torch/csrc/utils/pybind.h") for h in headers)
+    assert not any(h.endswith(("torch/all.h", "ATen/Functions.h", "ATen/Context.h", "torch/nn/module.h"))
+                   for h in headers)
+
+
+class _PartsRecorder:
+    """Stands in for torch's load_inline: records which parts of each call are light and fails a light part when
+    told to, with the message ninja would give (a g++ error in main.cpp, an nvcc error in cuda.cu)."""
+
+    def __init__(self, host_fails: bool, cuda_fails: bool):
+        self.calls, self.host_fails, self.cuda_fails = [], host_fails, cuda_fails
+
+    def __call__(self, name, cpp_sources, cuda_sources=None, functions=None, extra_cflags=None,
+                 extra_cuda_cflags=None, extra_ldflags=None, extra_include_paths=None, build_directory=None,
+                 verbose=False, with_cuda=None, is_python_module=True, with_pytorch_error_handling=True,
+                 keep_intermediates=True, use_pch=False, no_implicit_headers=False):
+        host = bool(no_implicit_headers) and cpp_sources[0].startswith("// light host prelude")
+        cuda = bool(no_implicit_headers) and bool(cuda_sources) and cuda_sources[0].startswith("// light prelude")
+        self.calls.append(("cuda " if cuda else "") + ("host" if host else "") or "full")
+        if host and self.host_fails:
+            raise RuntimeError("Error building extension 'x': [1/3] c++ -c main.cpp -o main.o\nFAILED: main.o\n"
+                               "main.cpp:3:5: error: 'indexing' is not a member of 'torch'")
+        if cuda and self.cuda_fails:
+            raise RuntimeError("Error building extension 'x': [2/3] nvcc cuda.cu\nFAILED: cuda.cuda.o\n"
+                               "cuda.cu(9): error: namespace \"at\" has no member")
+        open(os.path.join(build_directory, name + ".so"), "wb").write(b"\0")
+
+
+@pytest.mark.parametrize("cuda_build,host_fails,cuda_fails,calls", [
+    (True, False, False, ["cuda host"]),
+    (True, True, False, ["cuda host", "cuda "]),            # main.cpp as written, the .cu stays light
+    (True, False, True, ["cuda host", "host"]),             # the .cu as written, main.cpp stays light
+    (True, True, True, ["cuda host", "cuda ", "full"]),
+    (False, False, False, ["host"]),
+    (False, True, False, ["host", "full"]),
+])
+def test_a_failed_light_part_is_built_as_written_and_the_other_stays_light(monkeypatch, cuda_build, host_fails,
+                                                                            cuda_fails, calls):
+    import torch.utils.cpp_extension as cpp_ext
+    rec = _PartsRecorder(host_fails, cuda_fails)
+    monkeypatch.setattr(cpp_ext, "load_inline", rec)
+    pch_asked = []              # the precompiled header (of torch/extension.h) is for a main.cpp built as written
+    monkeypatch.setattr(build, "_pch_include", lambda *a: pch_asked.append(rec.calls[-1] if rec.calls else None))
+    cache, out = tempfile.mkdtemp(prefix="light-cache-"), tempfile.mkdtemp(prefix="light-out-")
+    reports = []
+    try:
+        build.patch_for_compile(cache, out, True, reports.append, light_headers=True, light_host=True)
+        args = dict(name="x", cpp_sources="torch::Tensor f(torch::Tensor x);", functions=["f"])
+        cpp_ext.load_inline(**args, **({"cuda_sources": SRC} if cuda_build else {}))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    assert rec.calls == calls
+    assert len(pch_asked) == sum(1 for c in calls if "host" not in c)
+    (r,) = reports
+    assert r["type"] == "built" and r["light_fallback"] is (len(calls) > 1)
+    assert r["light_parts"] == [p for p in ("cuda", "host") if p in calls[-1]]
+    assert r["light"] is ("cuda" in calls[-1])
+    assert ("light headers failed" in r["log"]) is r["light_fallback"]
+
+
+LIGHT_HOST_CPP = r"""
+#include <torch/extension.h>
+#include <vector>
+torch::Tensor axpb(torch::Tensor x, double a, int64_t b) {
+    TORCH_CHECK_VALUE(x.scalar_type() == torch::kFloat32, "axpb: float32 only, got ", x.scalar_type());
+    auto xc = x.contiguous();
+    auto out = torch::empty_like(xc);
+    const float* in = xc.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, xc.numel(), 1024, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) o[i] = static_cast<float>(a * in[i] + b);
+    });
+    return out;
+}
+std::vector<torch::Tensor> pair(torch::Tensor x, c10::optional<torch::Tensor> y) {
+    return {x.sum(), y.has_value() ? torch::relu(*y) : x * 2};
+}
+"""
+NEEDS_FULL_HOST = "\ntorch::Tensor tail(torch::Tensor x) { return x.index({torch::indexing::Slice(1)}); }\n"
+
+
+def test_light_host_build_runs_like_the_full_build(monkeypatch):
+    """Real C++ builds. One compiles light and one (it uses torch::indexing, which the light prelude lacks) falls
+    back to torch/extension.h; both modules convert arguments and results the same way (double, int64_t,
+    optional, vector of tensors, None) and translate a failed check into the same Python exception."""
+    import torch
+    import torch.utils.cpp_extension as cpp_ext
+    real = cpp_ext.load_inline
+    monkeypatch.setattr(cpp_ext, "load_inline", real)                    # restored after our patches
+    cache, out = tempfile.mkdtemp(prefix="light-host-cache-"), tempfile.mkdtemp(prefix="light-host-out-")
+    reports = []
+    try:
+        build.patch_for_compile(cache, out, False, reports.append, light_host=True)
+        for name, src, fns in (("light_host_ok", LIGHT_HOST_CPP, ["axpb", "pair"]),
+                               ("light_host_fallback", LIGHT_HOST_CPP + NEEDS_FULL_HOST, ["axpb", "pair", "tail"])):
+            cpp_ext.load_inline(name=name, cpp_sources=src, functions=fns)
+        light, full = reports
+        assert light["type"] == "built" and light["light_parts"] == ["host"] and not light["light_fallback"]
+        assert full["type"] == "built" and full["light_parts"] == [] and full["light_fallback"], full["log"]
+        assert "light headers failed (host)" in full["log"]
+        cpp_ext.load_inline = real
+        build.patch_for_run(out)
+        mods = [cpp_ext.load_inline(name=name, cpp_sources=src, functions=fns)
+                for name, src, fns in (("light_host_ok", LIGHT_HOST_CPP, ["axpb", "pair"]),
+                                       ("light_host_fallback", LIGHT_HOST_CPP + NEEDS_FULL_HOST,
+                                        ["axpb", "pair", "tail"]))]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    x = torch.randn(3000)
+    for m in mods:
+        assert torch.equal(m.axpb(x, 0.5, 3), (0.5 * x.double() + 3).float())
+        s, r = m.pair(x, None)
+        assert torch.allclose(s, x.sum()) and torch.equal(r, x * 2)
+        assert torch.equal(m.pair(x, -x)[1], torch.relu(-x))
+        with pytest.raises(ValueError, match="float32 only"):
+            m.axpb(x.double(), 1.0, 0)
+        with pytest.raises(TypeError):
+            m.axpb(x, "a", 0)
+    assert torch.equal(mods[1].tail(x), x[1:])
+    shutil.rmtree(out, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- GPU
