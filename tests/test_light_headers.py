@@ -3,11 +3,14 @@ kept, the ATen/ops header of every called operator in the prelude), the pre-filt
 would change to their own headers, main.cpp identical to the normal build's (so the precompiled header and the
 host-object cache still apply), the host half of a light source parsing with the host compiler without ATen's
 all-operator header and (with the light include directory) without ATen's global context, and the control flow of
-a build: light first, the candidate's own headers after a failed light build, whose log is the one reported. On a
+a build: light first, the candidate's own headers after a failed light build, whose log is the one reported. Light
+host headers (main.cpp without torch/extension.h): the rewrite and its pre-filter, the light main.cpp parsing with
+pybind11 and torch's type casters but without torch/all.h, a failed light part rebuilt as written while the other
+part stays light, and two real C++ builds (light, and one that falls back) that behave the same from Python. On a
 GPU (-m gpu): a built-in solution compiled light is accepted, and a source needing a header the prelude lacks falls
 back and is accepted.
 
-    python -m pytest tests/test_light_headers.py -q            # CPU part, a few seconds
+    python -m pytest tests/test_light_headers.py -q            # CPU part, ~2 min (three real C++ builds)
     python -m pytest tests/test_light_headers.py -q -m gpu     # GPU part (two CUDA builds)
 """
 from __future__ import annotations
