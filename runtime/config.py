@@ -215,7 +215,7 @@ class EvaluatorConfig:
     light_host_headers: bool = f(True, "compile a candidate's main.cpp (a CUDA build's Python binding; a C++ "
                                        "candidate's whole source) first against a light host prelude (ATen's Tensor, "
                                        "the ATen/ops headers of the operators it calls, pybind11 with torch's type "
-                                       "casters) instead of torch/extension.h (~3.5x less g++ CPU); if that build "
+                                       "casters) instead of torch/extension.h (~3x less g++ CPU); if that build "
                                        "fails, main.cpp is built with torch/extension.h")
     cuda_arch_list: str = f("", "TORCH_CUDA_ARCH_LIST for CUDA builds (part of the build key); '': the environment's, "
                                 "else the node's GPUs from nvidia-smi as torch would pick them (X.Y+PTX)")
