@@ -13,9 +13,8 @@ or another block size (new C++).
   cache (--no-object-cache to turn off), the precompiled header for the host .cpp (--no-pch), light CUDA headers
   (each .cu first against kernel_eval.build's light prelude, its own headers if that fails; --no-light), light host
   headers (each main.cpp first against the light host prelude, torch/extension.h if that fails; --no-light-host),
-  pre-spawned
-  sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation overlaps the GPU
-  runs.
+  pre-spawned sandbox processes, one GPU runner (a lock: exclusive GPU while checking and timing); compilation
+  overlaps the GPU runs.
 - baseline (KernelBench style, independent of our protocol): per candidate a fresh `python` process that calls
   load_inline itself into a fresh TORCH_EXTENSIONS_DIR (no cache, no precompiled header), 16 processes at a time;
   each checks correctness on seeded get_inputs() (torch.allclose, atol = rtol = 1e-2) and times reference and kernel

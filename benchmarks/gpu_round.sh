@@ -221,12 +221,14 @@ case $part in
   fi
   E=${EVAL_TIMEOUT_S:-300}
   OUT=$OUT/eval timeout $((E + 40)) python3 benchmarks/eval_throughput.py --candidates 32 --size-profile cpu_small \
-    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" ${EVAL_EXTRA:-} > "$OUT/eval.log" 2>&1 ;;
+    --timeout-s "$E" --compile-workers "${COMPILE_WORKERS:-32}" ${EVAL_EXTRA:-} > "$OUT/eval.log" 2>&1
+  tar czf "$FINAL/part21.tgz" -C "$OUT" . ;;
 22)
   timeout ${TEST_TIMEOUT_S:-300} python3 -m pytest -q -m gpu tests/test_evaluator_gpu.py tests/test_light_headers.py \
     -rA > "$OUT/evaluator_gpu_tests.log" 2>&1
   OUT=$OUT/adv timeout ${SWEEP_TIMEOUT_S:-150} python3 benchmarks/adversarial_sweep.py --backend cuda \
-    --compile-jobs 16 > "$OUT/adversarial.log" 2>&1 ;;
+    --compile-jobs 16 > "$OUT/adversarial.log" 2>&1
+  tar czf "$FINAL/part22.tgz" -C "$OUT" . ;;
 esac
 ls -R "$OUT" | head -80
 tail -n 25 "$OUT"/*.log

@@ -87,18 +87,25 @@ def nvcc_cmd(src: str, obj: str, extra: list, light_include: str = "") -> list:
 
 
 def compile_one(text: str, extra: list, light_include: str = "") -> dict:
+    return compile_timed(text, "cuda.cu", lambda src, obj: nvcc_cmd(src, obj, extra, light_include))
+
+
+def compile_timed(text: str, filename: str, command) -> dict:
+    """Write `text` to a temporary `filename`, run command(src, obj) (a list, or a shell string) and report ok, the
+    compiler's CPU seconds (user+sys of the process tree, os.wait4), wall seconds and the log's tail on failure."""
     with tempfile.TemporaryDirectory(prefix="lightchk-") as d:
-        src, obj = os.path.join(d, "cuda.cu"), os.path.join(d, "cuda.o")
+        src, obj = os.path.join(d, filename), os.path.join(d, os.path.splitext(filename)[0] + ".o")
         with open(src, "w") as fh:
             fh.write(text)
+        cmd = command(src, obj)
         t0 = time.monotonic()
-        p = subprocess.Popen(nvcc_cmd(src, obj, extra, light_include), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
         out = p.stdout.read()
         _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        return {"ok": p.returncode == 0, "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
-                "wall_s": round(time.monotonic() - t0, 1), "log": "" if p.returncode == 0 else out[-1500:]}
+        rc = os.waitstatus_to_exitcode(status)
+        return {"ok": rc == 0, "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+                "wall_s": round(time.monotonic() - t0, 1), "log": "" if rc == 0 else out[-1500:]}
 
 
 def main() -> int:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import inspect
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,7 +72,9 @@ def main_cpp(call: dict, light: bool) -> str:
 
 
 def host_command(call: dict, src: str, obj: str, include_dir: str) -> str:
-    """The compile command torch's ninja file gives main.cpp (with_cuda as the call has it)."""
+    """The compile command torch's ninja file gives main.cpp, plus the call's extra_cflags (and the light include
+    directory). Written with with_cuda off, so it also runs where torch is a CPU build; for a CUDA build's main.cpp
+    torch adds only defines and the CUDA include directory, which the headers parsed here do not use."""
     import torch.utils.cpp_extension as cpp_ext
     from kernel_eval.build import _as_list
     with tempfile.TemporaryDirectory(prefix="lhc-ninja-") as d:
@@ -81,27 +83,17 @@ def host_command(call: dict, src: str, obj: str, include_dir: str) -> str:
                   extra_cuda_cflags=[], extra_sycl_cflags=[], extra_ldflags=[],
                   extra_include_paths=_as_list(call.get("extra_include_paths")), with_cuda=False, with_sycl=False,
                   is_standalone=False)
-        import inspect
         params = inspect.signature(cpp_ext._write_ninja_file_to_build_library).parameters
         cpp_ext._write_ninja_file_to_build_library(**{k: v for k, v in kw.items() if k in params})
-        text = open(kw["path"]).read()
-    get = lambda k: next(ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith(k + " ="))
-    return f"{get('cxx')} -MMD -MF {obj}.d {get('cflags')} -c {src} -o {obj} {get('post_cflags')}"
+        with open(kw["path"]) as fh:
+            ninja = dict(ln.split("=", 1) for ln in fh.read().splitlines() if " = " in ln and not ln.startswith(" "))
+    get = {k.strip(): v.strip() for k, v in ninja.items()}
+    return f"{get['cxx']} -MMD -MF {obj}.d {get['cflags']} -c {src} -o {obj} {get.get('post_cflags', '')}"
 
 
 def compile_one(text: str, call: dict, include_dir: str) -> dict:
-    with tempfile.TemporaryDirectory(prefix="lighthost-") as d:
-        src, obj = os.path.join(d, "main.cpp"), os.path.join(d, "main.o")
-        with open(src, "w") as fh:
-            fh.write(text)
-        t0 = time.monotonic()
-        p = subprocess.Popen(host_command(call, src, obj, include_dir), shell=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-        out = p.stdout.read()
-        _, status, ru = os.wait4(p.pid, 0)
-        rc = os.waitstatus_to_exitcode(status)
-        return {"ok": rc == 0, "cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "wall_s": round(time.monotonic() - t0, 1),
-                "log": "" if rc == 0 else out[-1500:]}
+    from benchmarks.light_headers_check import compile_timed
+    return compile_timed(text, "main.cpp", lambda src, obj: host_command(call, src, obj, include_dir))
 
 
 def main() -> int:

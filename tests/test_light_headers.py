@@ -278,10 +278,11 @@ def test_light_call_parts():
     assert host_only["cuda_sources"][:3] == implicit
     assert host_only.get("extra_cuda_cflags") == []           # the .cu as written: its own flags, no light include dir
     cu_only = build.light_call({"cuda_sources": [SRC], "cpp_sources": cpp}, "/inc", host=False)
-    assert cu_only["cpp_sources"] == ["#include <torch/extension.h>", cpp] and "extra_cflags" not in cu_only or \
-        not cu_only.get("extra_cflags")
+    assert cu_only["cpp_sources"] == ["#include <torch/extension.h>", cpp]      # main.cpp as load_inline writes it
+    assert not cu_only.get("extra_cflags")
     cpp_build = build.light_call({"cpp_sources": [HOST_SRC]}, None, host=True)
-    assert cpp_build["no_implicit_headers"] is True and "cuda_sources" not in cpp_build or not cpp_build["cuda_sources"]
+    assert cpp_build["no_implicit_headers"] is True and not cpp_build.get("cuda_sources")
+    assert cpp_build["cpp_sources"][0].startswith("// light host prelude")
 
 
 def test_light_main_cpp_parses_without_torch_all_h(tmp_path):
