@@ -388,6 +388,9 @@ def main() -> int:
                     help="ours: evaluator.compile_priority (fifo: older compiles first under contention)")
     ap.add_argument("--also-fair", action="store_true",
                     help="run ours a second time with compile_priority=fair (fresh cache) before the baseline")
+    ap.add_argument("--also-full-host", action="store_true",
+                    help="run ours again with light_host_headers off (fresh cache) before the baseline: the same "
+                         "machine's A/B of the light host prelude")
     ap.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_one:
@@ -420,18 +423,21 @@ def main() -> int:
           f"arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
-    labels = ["ours"] + (["ours_fair"] if args.also_fair else []) + ["baseline"]
+    variants = {"ours": {}, "ours_fair": {"compile_priority": "fair"},   # each variant on a fresh cache of its own
+                "ours_full_host": {"light_host_headers": False}}
+    labels = ["ours"] + (["ours_fair"] if args.also_fair else []) + \
+        (["ours_full_host"] if args.also_full_host else []) + ["baseline"]
     for label in labels:
         share = budget * 0.5 / (len(labels) - 1) if label != "baseline" else \
             args.timeout_s - (time.monotonic() - t_start) - 5.0
         t0 = time.monotonic()
         if label != "baseline":
             c = cfg if label == "ours" else dataclasses.replace(
-                cfg, compile_priority="fair", cache_dir=os.path.join(work, "ours-fair-cache"))
+                cfg, cache_dir=os.path.join(work, f"{label}-cache"), **variants[label])
             results, split = run_ours(cands, c, share, workers)
             results = [r.to_dict() if r is not None else None for r in results]
             split["timeline_summary"] = timeline_summary(split["timeline"])
-            print(f"{label} ({c.compile_priority}): {json.dumps(split['timeline_summary'])}", flush=True)
+            print(f"{label} ({c.compile_priority}, light host {c.light_host_headers}): {json.dumps(split['timeline_summary'])}", flush=True)
         else:
             results, split = run_baseline(cands, trials, share, work, args.backend)
         wall = time.monotonic() - t0

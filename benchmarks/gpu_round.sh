@@ -43,7 +43,11 @@
 #   part 21 (carry .kit .benchextra, and kb/level1 as in part 18): light host headers (each main.cpp first against
 #            kernel_eval.build's light host prelude instead of torch/extension.h): light_host_check.py on every
 #            main.cpp (light, and the first LHC_FULL with torch/extension.h), then evaluator throughput as in part 20
+#            Run on 2026-12-07 (one H100): LHC_FULL=6 EVAL_TIMEOUT_S=300, then LHC=0 EVAL_TIMEOUT_S=300 (3.18x, 3.49x).
+#            EVAL_EXTRA=--also-full-host runs ours once more with light host headers off (same machine's A/B;
+#            EVAL_TIMEOUT_S=440 leaves the baseline its ~190 s)
 #   part 22 (same carry): the evaluator's GPU tests and the light-header GPU test, then the CUDA adversarial sweep
+#            (2026-12-07, one H100: TEST_TIMEOUT_S=330 SWEEP_TIMEOUT_S=170; 9 passed, sweep 6/6)
 #   parts 18 + 19 in one call (device time short; ~7 min):
 #     EVAL_TIMEOUT_S=200 LIGHT_TEST=0 LIGHT_CHECK=0 bash benchmarks/gpu_round.sh 18
 #     TEST_TIMEOUT_S=120 MFU_TIMEOUT_S=200 MFU_CASES="ds_z3 ds_z3_liger ds_z3_liger_foreach" MFU_STEPS=2 \
