@@ -21,7 +21,8 @@ or another block size (new C++).
   with CUDA events, the GPU phase serialized across processes by a file lock. Same trial counts as ours.
 
 Options for ours: --compile-priority fifo|fair (evaluator.compile_priority), --also-fair (ours a second time with
-fair, fresh cache, before the baseline). Ours also records a per-candidate timeline (compile start/end, the GPU
+fair, fresh cache, before the baseline), --also-full-host (likewise with light host headers off: the same machine's
+A/B of the light host prelude; each extra run of ours takes a share of the time ours gets). Ours also records a per-candidate timeline (compile start/end, the GPU
 runner's start/end, the sandbox's phases: setup, reference, load, correctness, timing) in the JSON, summarized below
 the table (first and median result, last compile end, GPU runner busy time).
 
@@ -437,7 +438,8 @@ def main() -> int:
             results, split = run_ours(cands, c, share, workers)
             results = [r.to_dict() if r is not None else None for r in results]
             split["timeline_summary"] = timeline_summary(split["timeline"])
-            print(f"{label} ({c.compile_priority}, light host {c.light_host_headers}): {json.dumps(split['timeline_summary'])}", flush=True)
+            print(f"{label} ({c.compile_priority}, light host {c.light_host_headers}): "
+                  f"{json.dumps(split['timeline_summary'])}", flush=True)
         else:
             results, split = run_baseline(cands, trials, share, work, args.backend)
         wall = time.monotonic() - t0
