@@ -22,9 +22,10 @@ or another block size (new C++).
 
 Options for ours: --compile-priority fifo|fair (evaluator.compile_priority), --also-fair (ours a second time with
 fair, fresh cache, before the baseline), --also-full-host (likewise with light host headers off: the same machine's
-A/B of the light host prelude; each extra run of ours takes a share of the time ours gets). Ours also records a per-candidate timeline (compile start/end, the GPU
-runner's start/end, the sandbox's phases: setup, reference, load, correctness, timing) in the JSON, summarized below
-the table (first and median result, last compile end, GPU runner busy time).
+A/B of the light host prelude; each extra run of ours takes a share of the time ours gets). Ours also records a
+per-candidate timeline (compile start/end, the GPU runner's start/end, the sandbox's phases: setup, reference, load,
+correctness, timing) in the JSON, summarized below the table (first and median result, last compile end, GPU runner
+busy time).
 
 Reported per side: wall seconds, candidates/s and kernels/minute, compile CPU-seconds in total and per finished
 candidate (compile processes and their compilers), the speedup of candidates/s over the baseline,
@@ -373,7 +374,8 @@ def main() -> int:
                     help="for the KernelBench tasks; cpu_small keeps each tensor <= 4 MiB (gpu_small keeps 1.6 GB "
                          "activations, whose outputs our protocol ships to the judging process: minutes per kernel)")
     ap.add_argument("--timeout-s", type=float, default=265.0,
-                    help="global limit (a watchdog ends the script 30 s after it); ours gets half, the baseline the rest")
+                    help="global limit (a watchdog ends the script 30 s after it); ours gets half, "
+                         "the baseline the rest")
     ap.add_argument("--backend", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: a smoke run of the script itself with the built-in C++ solutions (no GPU)")
     ap.add_argument("--compile-jobs", type=int, default=1, help="ours: compiler jobs (MAX_JOBS) per compile")
@@ -424,7 +426,7 @@ def main() -> int:
           f"arch={cuda_arch_list(cfg) or 'torch default'}", flush=True)
     budget = args.timeout_s - (time.monotonic() - t_start)
     rows, verdicts = {}, {}
-    variants = {"ours": {}, "ours_fair": {"compile_priority": "fair"},   # each variant on a fresh cache of its own
+    variants = {"ours_fair": {"compile_priority": "fair"},      # reruns of ours, each on a fresh cache of its own
                 "ours_full_host": {"light_host_headers": False}}
     labels = ["ours"] + (["ours_fair"] if args.also_fair else []) + \
         (["ours_full_host"] if args.also_full_host else []) + ["baseline"]
